@@ -1,0 +1,110 @@
+"""Efficiency profiles: how far real kernels sit from the roofline, per op class.
+
+Every op's time is ``floor_s + max(flops / (peak * compute_frac), bytes / (bw * memory_frac))``
+(see ``hardware.roofline``). The defaults below are fitted by hand to measured
+TensorRT-LLM 1.3 kernels on an H100 SXM, as published in the kernel tables of NVIDIA's
+aiconfigurator-core 0.12 (Apache-2.0), summarised in ``shared/FACTS.md``. They are one
+GPU and one engine; ``servesim calibrate`` replaces them with curves measured on the
+user's own device.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from simulator.dtypes import ComputeDType
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class GemmEfficiency(_Frozen):
+    """A dense matrix multiply ``[M, K] x [K, N]``."""
+
+    compute_frac: float = Field(gt=0, le=1, description="Fraction of peak FLOP/s at large M.")
+    memory_frac: float = Field(
+        gt=0, le=1, description="Fraction of HBM bandwidth when streaming weights (small M)."
+    )
+    floor_s: float = Field(ge=0, description="Fixed cost per GEMM call, seconds.")
+
+
+class PrefillAttentionEfficiency(_Frozen):
+    """Causal flash attention over new query tokens (and any cached prefix)."""
+
+    max_compute_frac: float = Field(gt=0, le=1, description="Fraction of peak for long prompts.")
+    half_tokens: float = Field(
+        gt=0, description="Sequence length at which half of max_compute_frac is reached, tokens."
+    )
+    memory_frac: float = Field(gt=0, le=1, description="Fraction of HBM bandwidth for KV reads.")
+    floor_s: float = Field(ge=0, description="Fixed cost per attention call, seconds.")
+
+
+class DecodeAttentionEfficiency(_Frozen):
+    """Paged attention of one new token per sequence over its KV cache."""
+
+    memory_frac: float = Field(gt=0, le=1, description="Fraction of HBM bandwidth for KV reads.")
+    compute_frac: float = Field(gt=0, le=1, description="Fraction of peak FLOP/s.")
+    floor_s: float = Field(ge=0, description="Fixed cost per attention call, seconds.")
+
+
+class ElementwiseEfficiency(_Frozen):
+    """Norms, rotary embedding, activation, residual adds, sampling: bandwidth-bound."""
+
+    memory_frac: float = Field(gt=0, le=1, description="Fraction of HBM bandwidth.")
+    floor_s: float = Field(ge=0, description="Fixed cost per kernel, seconds.")
+
+
+class CollectiveEfficiency(_Frozen):
+    """All-reduce / all-gather between the devices of one tensor-parallel group."""
+
+    latency_s: float = Field(ge=0, description="Fixed cost of a small collective, seconds.")
+    per_device_latency_s: float = Field(
+        ge=0, description="Extra fixed cost per participating device, seconds."
+    )
+    bus_frac: float = Field(gt=0, le=1, description="Fraction of link bandwidth achieved.")
+
+
+class EfficiencyProfile(_Frozen):
+    """All op classes' efficiencies for one device (catalog default or calibrated)."""
+
+    name: str = Field(default="default-h100-trtllm", description="Where these numbers come from.")
+    gemm: dict[ComputeDType, GemmEfficiency] = Field(
+        description="Per compute dtype; a dtype without an entry uses the 'bf16' one."
+    )
+    prefill_attention: PrefillAttentionEfficiency
+    decode_attention: DecodeAttentionEfficiency
+    elementwise: ElementwiseEfficiency
+    collective: CollectiveEfficiency
+
+    def gemm_for(self, dtype: ComputeDType) -> GemmEfficiency:
+        return self.gemm.get(dtype) or self.gemm["bf16"]
+
+
+# Fits to shared/FACTS.md (H100 SXM, TensorRT-LLM 1.3 kernels, aiconfigurator-core 0.12 tables):
+# - bf16 GEMM: a 4096x4096 weight at M=1 takes 16 us and a 65536x8192 one 0.38 ms; both fit
+#   4.4 us + bytes / (0.86 x 3.35 TB/s). Large-M medians are 0.72-0.79 of peak -> 0.77.
+# - fp8 GEMM: small-M efficiency 0.25 (4096^2) to 0.79 (largest) fits a 14 us floor (activation
+#   quantisation) + bytes / (0.86 x bw); large-M medians 0.55-0.61 -> 0.60.
+# - prefill attention: 26 us @512, 125 us @2048, 1.08 ms @8192, 4.34 ms @16384 tokens fit
+#   15 us + flops / (peak x 0.55 x L / (L + 1200)) within about 10%.
+# - decode attention: a 14-16 us floor, then bandwidth efficiency ~0.90 of HBM
+#   (1x8192: 24 us, 64x8192: 715 us, 256x512: 191 us).
+# - all-reduce: 2.8-3.5 us for 8 KiB on 2-8 GPUs; 512 MiB on 2 GPUs in 1.68 ms -> ~0.71 of
+#   450 GB/s NVLink per direction with a ring's 2(n-1)/n factor.
+DEFAULT_EFFICIENCY = EfficiencyProfile(
+    gemm={
+        "bf16": GemmEfficiency(compute_frac=0.77, memory_frac=0.86, floor_s=4.4e-6),
+        "fp16": GemmEfficiency(compute_frac=0.77, memory_frac=0.86, floor_s=4.4e-6),
+        "fp8": GemmEfficiency(compute_frac=0.60, memory_frac=0.86, floor_s=14e-6),
+        "int8": GemmEfficiency(compute_frac=0.60, memory_frac=0.86, floor_s=14e-6),
+        "fp32": GemmEfficiency(compute_frac=0.80, memory_frac=0.86, floor_s=4.4e-6),
+        "tf32": GemmEfficiency(compute_frac=0.77, memory_frac=0.86, floor_s=4.4e-6),
+    },
+    prefill_attention=PrefillAttentionEfficiency(
+        max_compute_frac=0.55, half_tokens=1200.0, memory_frac=0.85, floor_s=15e-6
+    ),
+    decode_attention=DecodeAttentionEfficiency(memory_frac=0.90, compute_frac=0.5, floor_s=15e-6),
+    elementwise=ElementwiseEfficiency(memory_frac=0.80, floor_s=2e-6),
+    collective=CollectiveEfficiency(latency_s=2.5e-6, per_device_latency_s=0.125e-6, bus_frac=0.71),
+)
