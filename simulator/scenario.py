@@ -1,0 +1,282 @@
+"""Scenario: everything one simulation needs, as one validated, frozen pydantic model.
+
+A scenario loads from YAML, JSON or a dict, and every section has defaults, so
+``Scenario()`` is the built-in default run: Llama-3.1-8B on one H100 SXM under a
+ShareGPT-like Poisson load.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from hardware.efficiency import EfficiencyProfile
+from hardware.spec import AcceleratorSpec
+from simulator.dtypes import DType
+from simulator.model import ModelSpec
+from workloads.config import (
+    LogNormalLength,
+    PoissonArrivals,
+    SyntheticWorkload,
+    WorkloadConfig,
+)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class HFConfigModel(_Section):
+    """A model read from a Hugging Face ``config.json`` on disk (no network)."""
+
+    hf_config: Path = Field(description="Path to config.json, or to a folder that holds one.")
+    name: str | None = Field(default=None, description="Display name; defaults to the folder.")
+
+
+class HardwareConfig(_Section):
+    """The accelerator every replica runs on, and overrides of its catalog figures."""
+
+    accelerator: str | AcceleratorSpec = Field(
+        default="h100-sxm", description="Catalog name (see `servesim hardware`) or a full spec."
+    )
+    price_per_hour_usd: float | None = Field(
+        default=None, ge=0, description="Overrides the catalog's hourly price per device, USD."
+    )
+    efficiency: EfficiencyProfile | None = Field(
+        default=None, description="Kernel efficiency profile; None uses the catalog defaults."
+    )
+
+
+class DeploymentConfig(_Section):
+    """How the model is laid out on devices, and at what precision."""
+
+    tensor_parallel: int = Field(default=1, gt=0, description="Devices per replica (TP degree).")
+    replicas: int = Field(default=1, gt=0, description="Identical data-parallel replicas.")
+    weight_dtype: DType = Field(default="bf16", description="Storage format of linear weights.")
+    activation_dtype: Literal["fp32", "bf16", "fp16", "fp8", "int8"] = Field(
+        default="bf16",
+        description="Format GEMM inputs are computed in; fp8/int8 need weights of the same "
+        "format (W8A8).",
+    )
+    kv_cache_dtype: Literal["auto", "fp32", "bf16", "fp16", "fp8", "int8"] = Field(
+        default="auto", description="KV cache element format; 'auto' follows the activations."
+    )
+
+    @model_validator(mode="after")
+    def _check_precision(self) -> DeploymentConfig:
+        if self.activation_dtype in ("fp8", "int8") and self.weight_dtype != self.activation_dtype:
+            raise ValueError(
+                f"activation_dtype={self.activation_dtype!r} needs weight_dtype="
+                f"{self.activation_dtype!r} (W8A8), got weight_dtype={self.weight_dtype!r}"
+            )
+        return self
+
+    @property
+    def resolved_kv_cache_dtype(self) -> DType:
+        if self.kv_cache_dtype != "auto":
+            return self.kv_cache_dtype
+        return "bf16" if self.activation_dtype in ("fp8", "int8") else self.activation_dtype
+
+    @property
+    def num_devices(self) -> int:
+        return self.tensor_parallel * self.replicas
+
+
+class EngineConfig(_Section):
+    """The serving engine's knobs, named as in vLLM where it has them."""
+
+    batching: str = Field(
+        default="token_budget",
+        description="Batching policy (registry name); 'token_budget' is vLLM v1's scheduler.",
+    )
+    routing: str = Field(default="round_robin", description="Routing policy across replicas.")
+    max_num_seqs: int = Field(default=256, gt=0, description="Most sequences in one iteration.")
+    max_num_batched_tokens: int = Field(
+        default=8192, gt=0, description="Token budget of one iteration (prefill + decode tokens)."
+    )
+    chunked_prefill: bool = Field(
+        default=True, description="Split long prompts across iterations to fit the token budget."
+    )
+    long_prefill_token_threshold: int | None = Field(
+        default=None,
+        gt=0,
+        description="Chunk size: most prompt tokens one request computes per iteration "
+        "(None: up to the whole budget).",
+    )
+    block_size_tokens: int = Field(default=16, gt=0, description="Tokens per paged KV block.")
+    gpu_memory_utilization_frac: float = Field(
+        default=0.9, gt=0, le=1, description="Share of device memory the engine may use."
+    )
+    runtime_reserved_gib: float = Field(
+        default=1.0,
+        ge=0,
+        description="Memory outside weights, activations and KV (CUDA context, graphs), GiB.",
+    )
+    preemption_mode: Literal["recompute"] = Field(
+        default="recompute",
+        description="What happens to a preempted request's KV: dropped and recomputed on resume.",
+    )
+    iteration_overhead_s: float = Field(
+        default=0.0005,
+        ge=0,
+        description="CPU time per iteration the device waits for (scheduling, sampling), s.",
+    )
+    max_model_len: int | None = Field(
+        default=None,
+        gt=0,
+        description="Longest prompt + output accepted, tokens; None: the model's context.",
+    )
+    fast_forward: bool = Field(
+        default=True,
+        description="Advance runs of identical decode iterations in one event (exact; "
+        "false steps every iteration, for testing).",
+    )
+
+    @model_validator(mode="after")
+    def _check_budget(self) -> EngineConfig:
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValueError(
+                f"max_num_batched_tokens={self.max_num_batched_tokens} must be >= "
+                f"max_num_seqs={self.max_num_seqs}: every running decode needs one token per step"
+            )
+        return self
+
+
+class SLOConfig(_Section):
+    """Latency targets a request must meet to count towards goodput."""
+
+    ttft_s: float | None = Field(default=1.0, gt=0, description="Time to first token target, s.")
+    tpot_s: float | None = Field(
+        default=0.05, gt=0, description="Mean time per output token target (after the first), s."
+    )
+
+
+class StopConfig(_Section):
+    """When the simulation ends. At least one bound must be set for open-ended workloads."""
+
+    num_requests: int | None = Field(
+        default=2000, gt=0, description="Requests issued; the run ends when all are done."
+    )
+    duration_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Simulated seconds; arrivals stop and unfinished requests count as in flight.",
+    )
+
+
+def _default_workload() -> SyntheticWorkload:
+    # ShareGPT-like lengths: vLLM's benchmark_serving on ShareGPT_V3 reports about 215
+    # input and 198 output tokens per request on average (Llama tokenizer); lognormals with
+    # sigma 1 and these medians have those means (median * e^0.5).
+    return SyntheticWorkload(
+        kind="synthetic",
+        arrival=PoissonArrivals(kind="poisson", rate_per_s=10.0),
+        prompt_tokens=LogNormalLength(
+            kind="lognormal", median_tokens=130, sigma=1.0, min_tokens=4, max_tokens=4096
+        ),
+        output_tokens=LogNormalLength(
+            kind="lognormal", median_tokens=120, sigma=1.0, min_tokens=1, max_tokens=2048
+        ),
+    )
+
+
+class Scenario(_Section):
+    """One simulation: model, hardware, deployment, engine, workload, SLO, stop, seed."""
+
+    name: str = Field(default="default", description="Label for reports.")
+    model: str | HFConfigModel | ModelSpec = Field(
+        default="llama-3.1-8b",
+        description="Catalog name (see `servesim models`), {hf_config: path}, or a full spec.",
+    )
+    hardware: HardwareConfig = Field(default_factory=HardwareConfig)
+    deployment: DeploymentConfig = Field(default_factory=DeploymentConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    workload: WorkloadConfig = Field(default_factory=_default_workload)
+    slo: SLOConfig = Field(default_factory=SLOConfig)
+    stop: StopConfig = Field(default_factory=StopConfig)
+    seed: int = Field(default=0, ge=0, description="Seed of every random stream in the run.")
+
+    @model_validator(mode="after")
+    def _check_stop(self) -> Scenario:
+        open_ended = self.workload.kind == "synthetic"
+        if open_ended and self.stop.num_requests is None and self.stop.duration_s is None:
+            raise ValueError(
+                "stop needs num_requests or duration_s for a synthetic workload "
+                "(otherwise it never ends)"
+            )
+        if (
+            isinstance(self.workload, SyntheticWorkload)
+            and self.workload.arrival.kind == "offline"
+            and self.stop.num_requests is None
+        ):
+            raise ValueError("stop.num_requests is required with offline arrivals (all at t=0)")
+        return self
+
+    # ---- loading ----
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> Scenario:
+        """Load a YAML (or JSON) file; ``overrides`` are ``dotted.key=value`` strings."""
+        return cls.from_dict(load_mapping(path), overrides)
+
+    @classmethod
+    def from_file(cls, path: str | Path, overrides: list[str] | None = None) -> Scenario:
+        """Alias of ``from_yaml``: YAML is a superset of JSON, so both load."""
+        return cls.from_yaml(path, overrides)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], overrides: list[str] | None = None) -> Scenario:
+        data = json.loads(json.dumps(data, default=str))  # deep copy; never mutate the caller's
+        for item in overrides or []:
+            apply_override(data, item)
+        return cls.model_validate(data)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=False), sort_keys=False)
+
+    def with_overrides(self, overrides: list[str]) -> Scenario:
+        """A new scenario with ``dotted.key=value`` overrides applied (this one is unchanged)."""
+        return Scenario.from_dict(self.model_dump(mode="json"), overrides)
+
+
+def load_mapping(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ValueError(f"cannot read scenario file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path} is not valid YAML/JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{path} must hold a mapping of scenario fields, got {type(data).__name__}"
+        )
+    return data
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Set ``a.b.c=value`` in ``data`` (value parsed as YAML: numbers, bools, lists, null)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"override {item!r} is not of the form dotted.key=value")
+    parts = key.strip().split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None or isinstance(child, str):
+            # A section given as a bare name (model: llama-3.1-8b) cannot take sub-keys.
+            if isinstance(child, str):
+                raise ValueError(
+                    f"override {item!r}: {'.'.join(parts[: i + 1])} is {child!r}, not a section"
+                )
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ValueError(f"override {item!r}: {'.'.join(parts[: i + 1])} is not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(raw)
