@@ -1,0 +1,141 @@
+"""Batching policies: which requests run in the next iteration, and with how many tokens."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Protocol
+
+from policies.registry import Registry
+from simulator.plan import IterationPlan, ReplicaView
+from simulator.request import Request
+from simulator.scenario import EngineConfig
+
+
+class BatchingPolicy(Protocol):
+    def schedule(self, view: ReplicaView) -> IterationPlan:
+        """Decide the next iteration from ``view`` (read-only); never mutates anything."""
+        ...
+
+
+BATCHING: Registry[type] = Registry("batching")
+
+
+@BATCHING.register("token_budget")
+class TokenBudgetBatching:
+    """vLLM v1's scheduler: one token budget per iteration, running requests first.
+
+    Every decoding request gets its one token; running prefills continue in admission
+    order with chunks that fit the rest of the budget; then waiting requests are admitted
+    first come, first served, while sequences, budget and KV blocks last. When decodes
+    or chunks cannot get KV blocks, the most recently admitted running request is
+    preempted (recompute), and nobody is admitted in that iteration, as in vLLM.
+    """
+
+    def __init__(
+        self,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        chunked_prefill: bool = True,
+        long_prefill_token_threshold: int | None = None,
+    ) -> None:
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.chunked_prefill = chunked_prefill
+        self.long_prefill_token_threshold = long_prefill_token_threshold
+
+    @classmethod
+    def from_engine(cls, engine: EngineConfig) -> TokenBudgetBatching:
+        return cls(
+            engine.max_num_seqs,
+            engine.max_num_batched_tokens,
+            engine.chunked_prefill,
+            engine.long_prefill_token_threshold,
+        )
+
+    def _chunk(self, request: Request, budget: int) -> int:
+        tokens = request.num_tokens_to_compute
+        if self.chunked_prefill:
+            if self.long_prefill_token_threshold is not None:
+                tokens = min(tokens, self.long_prefill_token_threshold)
+            return min(tokens, budget)
+        return tokens if tokens <= budget else 0
+
+    def schedule(self, view: ReplicaView) -> IterationPlan:
+        block = view.block_size_tokens
+        free = view.num_free_blocks
+        preempted: list[Request] = []
+        gone: set[int] = set()
+        victims: Iterator[Request] | None = None
+
+        def preempt_one() -> Request | None:
+            nonlocal free, victims
+            if victims is None:
+                victims = reversed(view.running)  # last admitted first
+            for victim in victims:
+                if victim.request_id not in gone:
+                    gone.add(victim.request_id)
+                    preempted.append(victim)
+                    free += view.num_blocks_held(victim)
+                    return victim
+            return None
+
+        # 1. Decodes: one token each; preempt from the tail until their blocks fit.
+        decode_need = view.num_decode_blocks_needed()
+        num_decode = view.num_decoding
+        while decode_need > free:
+            victim = preempt_one()
+            assert victim is not None, "decodes need more blocks than the whole cache"
+            if view.is_decoding(victim):
+                num_decode -= 1
+                decode_need -= _decode_blocks(view, victim, block)
+        free -= decode_need
+        budget = self.max_num_batched_tokens - num_decode
+
+        # 2. Running prefills (chunked prompts, recomputes) continue in admission order.
+        plan = IterationPlan(num_decode_seqs=num_decode, preempted=preempted)
+        for request in view.prefilling:
+            if request.request_id in gone or budget <= 0:
+                continue
+            tokens = self._chunk(request, budget)
+            if tokens == 0:
+                continue
+            need = _blocks_for(request, tokens, block) - view.num_blocks_held(request)
+            while need > free and request.request_id not in gone:
+                if preempt_one() is None:
+                    break
+            if request.request_id in gone or need > free:
+                continue
+            free -= need
+            budget -= tokens
+            plan.prefill.append((request, tokens))
+
+        # 3. Waiting requests, first come first served, only if nobody was preempted.
+        num_running = num_decode + len(plan.prefill)
+        if not preempted:
+            for request in view.waiting:
+                if num_running >= self.max_num_seqs or budget <= 0:
+                    break
+                tokens = self._chunk(request, budget)
+                need = _blocks_for(request, tokens, block)
+                if tokens == 0 or need > free:
+                    break
+                free -= need
+                budget -= tokens
+                num_running += 1
+                plan.prefill.append((request, tokens))
+        # A newcomer joins the back of the queue: it can only be admitted when the queue
+        # was empty, since FCFS admits nobody past a blocked head.
+        plan.wake_on_arrival = not view.waiting or len(plan.prefill) > 0
+        return plan
+
+
+def _blocks_for(request: Request, tokens: int, block: int) -> int:
+    """Blocks ``request`` holds once ``tokens`` more are computed."""
+    return math.ceil((request.num_computed_tokens + tokens) / block)
+
+
+def _decode_blocks(view: ReplicaView, request: Request, block: int) -> int:
+    """Blocks a decoding request needs for its next token (0 or 1)."""
+    held = view.num_blocks_held(request)
+    return 1 if held * block <= view.num_computed(request) else 0

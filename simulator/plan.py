@@ -1,0 +1,83 @@
+"""IterationPlan and ReplicaView: what a batching policy sees and what it decides.
+
+A policy reads a ``ReplicaView`` (read-only), returns an ``IterationPlan``; the replica
+applies it. Policies never mutate requests, allocate blocks or compute time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from simulator.request import Request
+
+
+@dataclass(slots=True)
+class IterationPlan:
+    """One iteration's decisions, modelled on vLLM's ``SchedulerOutput``.
+
+    Invariants (checked by the replica): every decoding request that is not preempted
+    runs (``num_decode_seqs`` equals the decoding count after preemptions); each
+    request appears at most once across ``prefill`` and ``preempted``; the tokens of the
+    plan are within the token budget; ``num_decode_seqs + len(prefill)`` is within
+    ``max_num_seqs``.
+    """
+
+    num_decode_seqs: int = 0
+    """Decoding requests that compute their one token (all of them, after preemptions)."""
+    prefill: list[tuple[Request, int]] = field(default_factory=list)
+    """(request, tokens to compute) for running prefills continued and waiting requests
+    admitted, in admission order. A waiting request listed here is admitted."""
+    preempted: list[Request] = field(default_factory=list)
+    """Running requests to preempt before this iteration, last admitted first. Their KV is
+    freed and they return to the front of the waiting queue (recompute)."""
+    may_repeat: bool = True
+    """For a decode-only plan: the same plan would be chosen again, iteration after
+    iteration, until an arrival, a completion or a KV shortage changes the state. The
+    replica may then advance the whole run in one event. A policy whose choice depends on
+    anything else (decode lengths, the clock) sets this False."""
+    wake_on_arrival: bool = True
+    """Whether a request arriving during a fast-forwarded run could change this plan (and
+    so must cut the run short). FCFS with a blocked queue head sets False."""
+
+    @property
+    def is_decode_only(self) -> bool:
+        return not self.prefill and not self.preempted
+
+    @property
+    def num_prefill_tokens(self) -> int:
+        return sum(n for _, n in self.prefill)
+
+
+class ReplicaView(Protocol):
+    """Read-only state of one replica, at the start of an iteration.
+
+    Nothing here mutates. ``running`` is in admission order (oldest first): its last
+    entry is the preemption victim vLLM would pick.
+    """
+
+    @property
+    def waiting(self) -> Sequence[Request]: ...
+    @property
+    def running(self) -> Sequence[Request]: ...
+    @property
+    def prefilling(self) -> Collection[Request]:
+        """Running requests with prompt (or recompute) tokens left, in admission order."""
+        ...
+    @property
+    def num_decoding(self) -> int: ...
+    @property
+    def num_free_blocks(self) -> int: ...
+    @property
+    def block_size_tokens(self) -> int: ...
+    def num_decode_blocks_needed(self) -> int:
+        """Blocks the decoding requests need for this iteration's tokens."""
+        ...
+    def num_blocks_held(self, request: Request) -> int:
+        """Blocks ``request`` holds now (up to date even inside a fast-forwarded run)."""
+        ...
+    def num_computed(self, request: Request) -> int:
+        """Tokens of ``request`` in the KV cache now (up to date inside a run)."""
+        ...
+    def is_decoding(self, request: Request) -> bool: ...

@@ -1,0 +1,398 @@
+"""Replica: one engine instance (a tensor-parallel group) as a SimPy process.
+
+Its loop reads in one breath: view -> plan -> cost -> ``yield`` -> apply. The replica
+is the only writer of its state; the batching policy reads it through the
+``ReplicaView`` methods below.
+
+Decoding requests are not touched per iteration. Each keeps the iteration at which
+its counts were exact (``decode_it0``); its progress since is the replica's iteration
+counter minus that. What the cost model and the KV check need from them is kept as
+running totals:
+
+- ``_ctx_sum``: KV tokens cached by decoding requests, all together;
+- ``_block_phase``: a histogram over ``(decode_it0 - computed_at_it0) mod block`` which
+  is constant while a request decodes; at iteration ``it`` exactly the requests in bin
+  ``it mod block`` have a full last block and need a new one. So the blocks a run of
+  decode iterations allocates are a lookup, whatever the batch size.
+- ``_finish_heap``: (iteration of the last token, request id, request).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from collections.abc import Callable, Collection, Sequence
+
+import numpy as np
+import simpy
+
+from simulator.clock import on_grid, on_grid_array
+from simulator.cost import CostModel
+from simulator.plan import IterationPlan
+from simulator.recorder import Recorder
+from simulator.request import Request
+
+MAX_RUN_ITERATIONS = 4096
+"""Longest decode run advanced in one event; bounds the arrays a run allocates."""
+
+
+class Replica:
+    """A serving engine replica. Created by ``simulate``; not a public API."""
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        index: int,
+        cost: CostModel,
+        batching: object,
+        *,
+        num_kv_blocks: int,
+        block_size_tokens: int,
+        max_num_seqs: int,
+        fast_forward: bool,
+        stop_s: float | None,
+        recorder: Recorder,
+        on_done: Callable[[Request], None],
+    ) -> None:
+        self.env = env
+        self.index = index
+        self.cost = cost
+        self.batching = batching
+        self.num_kv_blocks = num_kv_blocks
+        self._block = block_size_tokens
+        self.max_num_seqs = max_num_seqs
+        self.fast_forward = fast_forward
+        self.stop_s = stop_s
+        self.recorder = recorder
+        self.on_done = on_done
+        self._window = cost.model.sliding_window_tokens
+
+        self._waiting: deque[Request] = deque()
+        self._running: dict[int, Request] = {}  # admission order
+        self._prefilling: dict[int, Request] = {}  # subset of running, admission order
+        self._targets: dict[int, int] = {}  # true output lengths, hidden from policies
+        self.iteration = 0
+        self.num_blocks_used = 0
+        self._num_decoding = 0
+        self._ctx_sum = 0
+        self._block_phase = np.zeros(block_size_tokens, dtype=np.int64)
+        self._finish_heap: list[tuple[int, int, Request]] = []
+        self._free_slots = list(range(max_num_seqs - 1, -1, -1))
+        self._slot_ctx0 = np.zeros(max_num_seqs, dtype=np.int64)  # for sliding windows
+        self._slot_it0 = np.zeros(max_num_seqs, dtype=np.int64)
+        self._slot_active = np.zeros(max_num_seqs, dtype=bool)
+
+        self._wakeup: simpy.Event | None = None
+        self._interruptible = False
+        self._wake_on_arrival = True
+        self.process = env.process(self._loop())
+
+    # ---- ReplicaView (read-only) ----
+
+    @property
+    def waiting(self) -> Sequence[Request]:
+        return self._waiting
+
+    @property
+    def running(self) -> Sequence[Request]:
+        return list(self._running.values())
+
+    @property
+    def prefilling(self) -> Collection[Request]:
+        return self._prefilling.values()
+
+    @property
+    def num_decoding(self) -> int:
+        return self._num_decoding
+
+    @property
+    def num_free_blocks(self) -> int:
+        return self.num_kv_blocks - self.num_blocks_used
+
+    @property
+    def block_size_tokens(self) -> int:
+        return self._block
+
+    def num_decode_blocks_needed(self) -> int:
+        return int(self._block_phase[self.iteration % self._block])
+
+    def is_decoding(self, request: Request) -> bool:
+        return request.slot >= 0
+
+    def num_computed(self, request: Request) -> int:
+        if request.slot >= 0:
+            return request.num_computed_tokens + self.iteration - request.decode_it0
+        return request.num_computed_tokens
+
+    def num_blocks_held(self, request: Request) -> int:
+        if request.slot >= 0:
+            return math.ceil(self.num_computed(request) / self._block)
+        return request.num_blocks
+
+    @property
+    def num_running(self) -> int:
+        return len(self._running)
+
+    # ---- arrivals ----
+
+    def submit(self, request: Request, output_tokens: int) -> None:
+        """Queue an arrived request (called by the router at its arrival time)."""
+        request.replica = self.index
+        self._targets[request.request_id] = output_tokens
+        self._waiting.append(request)
+        if self._wakeup is not None and not self._wakeup.triggered:
+            self._wakeup.succeed()
+        elif (
+            self._interruptible
+            and self._wake_on_arrival
+            and len(self._running) < self.max_num_seqs
+        ):
+            self._interruptible = False  # one interrupt per run
+            self.process.interrupt()
+
+    # ---- the loop ----
+
+    def _loop(self):  # type: ignore[no-untyped-def]
+        while True:
+            if not self._running and not self._waiting:
+                yield from self._sleep()
+                continue
+            plan: IterationPlan = self.batching.schedule(self)  # type: ignore[attr-defined]
+            self._preempt(plan.preempted)
+            if not plan.prefill and plan.num_decode_seqs == 0:
+                if not plan.preempted:
+                    assert self._running, "nothing running, yet no waiting request fits"
+                    yield from self._sleep()
+                continue
+            assert plan.num_decode_seqs == self._num_decoding, "plan skips decoding requests"
+            if plan.is_decode_only and plan.may_repeat and self.fast_forward:
+                self._wake_on_arrival = plan.wake_on_arrival
+                yield from self._decode_run()
+            else:
+                yield from self._step(plan)
+
+    def _sleep(self):  # type: ignore[no-untyped-def]
+        self._wakeup = self.env.event()
+        yield self._wakeup
+        self._wakeup = None
+
+    def _step(self, plan: IterationPlan):  # type: ignore[no-untyped-def]
+        """One iteration of any shape."""
+        start_s = self.env.now
+        q: list[int] = []
+        ctx: list[int] = []
+        for request, tokens in plan.prefill:
+            if request.request_id not in self._running:
+                self._admit(request, start_s)
+            blocks = math.ceil((request.num_computed_tokens + tokens) / self._block)
+            self.num_blocks_used += blocks - request.num_blocks
+            request.num_blocks = blocks
+            q.append(tokens)
+            ctx.append(request.num_computed_tokens)
+        num_decode = self._num_decoding
+        self.num_blocks_used += self.num_decode_blocks_needed()
+        assert self.num_blocks_used <= self.num_kv_blocks, "plan over-allocates KV blocks"
+        if q:
+            attended = float(self._decode_context(1)[0]) if num_decode else 0.0
+            seconds, flops, hbm = self.cost.iteration(q, ctx, num_decode, attended)
+            duration_s = on_grid(seconds)
+        else:  # decode-only but not repeatable: price exactly as a run of one would be
+            secs, fl, hb = self.cost.decode_run(num_decode, self._decode_context(1))
+            duration_s, flops, hbm = float(on_grid_array(secs)[0]), float(fl[0]), float(hb[0])
+        self.recorder.iterations.append(
+            self.index, self.iteration, start_s, duration_s, sum(q), len(q),
+            num_decode, self.num_blocks_used, len(plan.preempted), flops, hbm,
+        )
+        yield self.env.timeout(duration_s)
+        self.iteration += 1
+        self._ctx_sum += num_decode
+        now = self.env.now
+        for request, tokens in plan.prefill:
+            request.num_computed_tokens += tokens
+            if request.num_computed_tokens == request.num_known_tokens:
+                self._emit_after_prefill(request, now)
+        self._finish_decodes(now)
+
+    def _decode_run(self):  # type: ignore[no-untyped-def]
+        """Decode-only iterations until the next completion, KV shortage or stop, in one
+        event; an arrival that could be admitted interrupts and cuts the run short.
+
+        Written for few numpy calls: this is the simulator's hottest path."""
+        start_s = self.env.now
+        it0 = self.iteration
+        n = self._num_decoding
+        self._clean_heap()
+        k = min(self._finish_heap[0][0] - it0 + 1, MAX_RUN_ITERATIONS)
+        # Blocks allocated per iteration: the phase histogram read cyclically from it0.
+        iterations = np.arange(it0, it0 + k)
+        new_blocks = np.take(self._block_phase, iterations, mode="wrap")
+        blocks_used = np.cumsum(new_blocks)
+        blocks_used += self.num_blocks_used
+        # Every decoding request sits in one bin, so k iterations add at most
+        # n * ceil(k / block) blocks; search only when that could overflow the cache.
+        if n * -(-k // self._block) > self.num_kv_blocks - self.num_blocks_used:
+            k = min(k, int(np.searchsorted(blocks_used, self.num_kv_blocks, side="right")))
+        assert k >= 1, "the policy planned decodes whose blocks do not fit"
+        seconds, flops, hbm = self.cost.decode_run(n, self._decode_context(k))
+        durations = on_grid_array(seconds)
+        ends = np.cumsum(durations)
+        ends += start_s  # every partial sum is exact on the grid, so order is free
+        if self.stop_s is not None:
+            # Iterations ending at or after the stop never complete, as when stepping.
+            k = max(1, min(k, int(np.searchsorted(ends[:k], self.stop_s, side="left"))))
+        self._interruptible = k > 1
+        try:
+            yield self.env.timeout(ends[k - 1] - start_s)
+        except simpy.Interrupt:
+            # Iterations that started before the arrival run as planned; the next plan
+            # starts when the one in progress ends.
+            now = self.env.now
+            k = 1 + int(np.searchsorted(ends[: k - 1], now, side="right"))
+            yield self.env.timeout(ends[k - 1] - now)
+        self._interruptible = False
+        self.recorder.iterations.extend(  # columns as in recorder.ITERATION_COLUMNS
+            k, self.index, iterations[:k], ends[:k] - durations[:k], durations[:k],
+            0, 0, n, blocks_used[:k], 0, flops[:k], hbm[:k],
+        )
+        self.iteration += k
+        self._ctx_sum += n * k
+        self.num_blocks_used = int(blocks_used[k - 1])
+        self._finish_decodes(self.env.now)
+
+    # ---- state changes ----
+
+    def _decode_context(self, k: int) -> np.ndarray:
+        """KV tokens the decoding requests attend to in each of the next ``k`` iterations
+        (each request's cache plus its new token, capped by a sliding window)."""
+        n = self._num_decoding
+        if self._window is None:  # one call: float arange is exact on integers < 2^53
+            return np.arange(self._ctx_sum + n, self._ctx_sum + n * k + 1, n, dtype=np.float64)
+        steps = np.arange(1, k + 1, dtype=np.int64)
+        total = self._ctx_sum + n * steps
+        active = self._slot_active
+        ctx_now = (self._slot_ctx0 + (self.iteration - self._slot_it0))[active]
+        over = np.maximum(0, ctx_now[:, None] + steps[None, :] - self._window)
+        return (total - over.sum(axis=0)).astype(np.float64)
+
+    def _admit(self, request: Request, now: float) -> None:
+        if self._waiting and self._waiting[0] is request:
+            self._waiting.popleft()
+        else:
+            self._waiting.remove(request)
+        self._running[request.request_id] = request
+        self._prefilling[request.request_id] = request
+        if math.isnan(request.first_scheduled_s):
+            request.first_scheduled_s = now
+
+    def _emit_after_prefill(self, request: Request, now: float) -> None:
+        """A prefill (or recompute) finished: it emits one token."""
+        if request.num_output_tokens == 0:
+            request.first_token_s = now
+        else:  # resumed after a preemption: the gap is one long inter-token latency
+            self.recorder.itl_stall_s.append(now - request.last_token_s)
+        request.num_output_tokens += 1
+        request.last_token_s = now
+        del self._prefilling[request.request_id]
+        target = self._targets[request.request_id]
+        if request.num_output_tokens >= target:
+            self._finish(request, now)
+            return
+        slot = self._free_slots.pop()
+        request.slot = slot
+        request.decode_it0 = self.iteration
+        ctx = request.num_computed_tokens
+        self._slot_ctx0[slot] = ctx
+        self._slot_it0[slot] = self.iteration
+        self._slot_active[slot] = True
+        self._block_phase[(self.iteration - ctx) % self._block] += 1
+        self._ctx_sum += ctx
+        self._num_decoding += 1
+        last_it = self.iteration + (target - request.num_output_tokens) - 1
+        request.decode_last_it = last_it
+        heapq.heappush(self._finish_heap, (last_it, request.request_id, request))
+
+    def _sync(self, request: Request) -> None:
+        """Bring a decoding request's counts up to the current iteration."""
+        steps = self.iteration - request.decode_it0
+        request.num_output_tokens += steps
+        request.num_computed_tokens += steps
+        request.decode_it0 = self.iteration
+        request.num_blocks = math.ceil(request.num_computed_tokens / self._block)
+
+    def _stop_decoding(self, request: Request) -> None:
+        self._sync(request)
+        ctx0 = int(self._slot_ctx0[request.slot])
+        it0 = int(self._slot_it0[request.slot])
+        self._block_phase[(it0 - ctx0) % self._block] -= 1
+        self._ctx_sum -= request.num_computed_tokens
+        self._num_decoding -= 1
+        self._slot_active[request.slot] = False
+        self._free_slots.append(request.slot)
+        request.slot = -1
+
+    def _clean_heap(self) -> None:
+        heap = self._finish_heap
+        while heap and not _live(heap[0]):
+            heapq.heappop(heap)
+
+    def _finish_decodes(self, now: float) -> None:
+        last_done = self.iteration - 1
+        heap = self._finish_heap
+        while heap and heap[0][0] <= last_done:
+            entry = heapq.heappop(heap)
+            if _live(entry):
+                request = entry[2]
+                self._stop_decoding(request)
+                self._finish(request, now)
+
+
+    def _finish(self, request: Request, now: float) -> None:
+        del self._running[request.request_id]
+        self.num_blocks_used -= request.num_blocks
+        request.num_blocks = 0
+        output_tokens = self._targets.pop(request.request_id)
+        assert request.num_output_tokens == output_tokens
+        self.recorder.request_done(request, output_tokens, "finished", now)
+        self.on_done(request)
+
+    def _preempt(self, victims: list[Request]) -> None:
+        """Recompute preemption: drop the KV, back to the front of the queue."""
+        now = self.env.now
+        for request in victims:
+            if request.slot >= 0:
+                self._stop_decoding(request)
+                request.last_token_s = now
+            else:
+                del self._prefilling[request.request_id]
+            del self._running[request.request_id]
+            self.num_blocks_used -= request.num_blocks
+            request.num_blocks = 0
+            request.num_computed_tokens = 0
+            request.num_preemptions += 1
+        # Last admitted first in ``victims``; the earliest admitted ends at the front.
+        self._waiting.extendleft(victims)
+
+    def record_in_flight(self) -> None:
+        """At the stop: every request still here is reported as in flight."""
+        for request in list(self._running.values()):
+            if request.slot >= 0:
+                self._sync(request)
+        for request in [*self._running.values(), *self._waiting]:
+            self.recorder.request_done(request, self._targets[request.request_id], "in_flight")
+
+    def check_invariants(self) -> None:
+        """KV accounting and decode totals agree with a from-scratch recount."""
+        held = sum(self.num_blocks_held(r) for r in self._running.values())
+        assert held == self.num_blocks_used, (held, self.num_blocks_used)
+        assert 0 <= self.num_blocks_used <= self.num_kv_blocks
+        decoding = [r for r in self._running.values() if r.slot >= 0]
+        assert len(decoding) == self._num_decoding
+        assert sum(self.num_computed(r) for r in decoding) == self._ctx_sum
+        assert not any(r.num_blocks for r in self._waiting)
+
+
+def _live(entry: tuple[int, int, Request]) -> bool:
+    """A finish-heap entry still describes its request (not preempted since)."""
+    last_it, _, request = entry
+    return request.slot >= 0 and request.decode_last_it == last_it

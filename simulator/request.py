@@ -1,0 +1,56 @@
+"""Request: one sequence as the engine and policies see it.
+
+Progress is counted in tokens, not phases: a request has ``num_known_tokens``
+(prompt plus what it has generated) and ``num_computed_tokens`` (those whose KV is
+cached). A step computes some of the rest; when computed reaches known, the step
+emits one new token. Prefill, chunked prefill and recompute after preemption are all
+"how many tokens this step".
+
+The true output length is not here: the simulator keeps it apart, so a policy cannot
+peek at it (DESIGN.md, "Ground truth stays hidden").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(slots=True, eq=False)
+class Request:
+    """A request's visible state. Only its replica writes to it."""
+
+    request_id: int
+    arrival_s: float
+    prompt_tokens: int
+    num_output_tokens: int = 0
+    """Tokens generated so far. While a request is decoding inside a fast-forwarded run
+    this lags; ``Replica.sync`` brings it up to date."""
+    num_computed_tokens: int = 0
+    """Tokens whose KV is cached (0 while waiting, and again after a recompute preemption)."""
+    num_blocks: int = 0
+    """KV blocks held; ceil(num_computed_tokens / block size) between iterations."""
+    num_preemptions: int = 0
+    priority: int = 0
+    replica: int = -1
+    first_scheduled_s: float = math.nan
+    first_token_s: float = math.nan
+    last_token_s: float = math.nan
+    # Engine bookkeeping for decoding requests (meaningless otherwise).
+    slot: int = -1
+    """Index in the replica's decode arrays, -1 when not decoding."""
+    decode_last_it: int = -1
+    """Replica iteration that emits this request's last token (while decoding); a heap
+    entry with another value is stale (the request was preempted since)."""
+    decode_it0: int = 0
+    """Replica iteration at which the counts above were last exact (while decoding)."""
+
+    @property
+    def num_known_tokens(self) -> int:
+        """Prompt plus generated tokens: what a recompute has to prefill."""
+        return self.prompt_tokens + self.num_output_tokens
+
+    @property
+    def num_tokens_to_compute(self) -> int:
+        """Tokens not yet in the KV cache (1 for a decoding request)."""
+        return self.num_known_tokens - self.num_computed_tokens
