@@ -1,0 +1,399 @@
+"""Results of one run: the request and iteration frames, their summary, and exporters.
+
+The engine builds the frames; this module only reads them. Everything here is
+vectorised numpy/pandas so that 10^6 requests and 10^7 iterations summarise in
+seconds. Nothing is written to disk except by an explicit export call.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hardware.spec import AcceleratorSpec
+from simulator.dtypes import ComputeDType
+
+log = logging.getLogger(__name__)
+
+LATENCY_METRICS = ("ttft", "tpot", "itl", "e2e")
+"""Latency metrics in the summary, each as ``{m}_mean_s`` and ``{m}_p{50,90,99}_s``."""
+
+PERCENTILES = (50, 90, 99)
+
+DERIVED_REQUEST_COLUMNS = ("ttft_s", "e2e_s", "tpot_s", "queue_s")
+
+_TRACE_CHUNK_EVENTS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """What the summary needs to know about the deployment and the run, besides the frames."""
+
+    accelerator: AcceleratorSpec
+    compute_dtype: ComputeDType  # the dtype whose peak MFU is measured against, e.g. "bf16"
+    num_replicas: int
+    devices_per_replica: int  # tensor-parallel degree
+    kv_capacity_blocks: int  # per replica
+    block_size_tokens: int
+    slo_ttft_s: float | None  # None: no TTFT target
+    slo_tpot_s: float | None  # None: no TPOT target
+    end_s: float  # simulated time at which the run stopped (>= every timestamp)
+    wall_s: float  # wall-clock seconds the simulation took (for reporting only)
+
+    @property
+    def num_devices(self) -> int:
+        return self.num_replicas * self.devices_per_replica
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    """``numerator / denominator``, NaN when the denominator is zero or NaN."""
+    if not denominator or math.isnan(denominator):
+        return math.nan
+    return float(numerator) / float(denominator)
+
+
+def _percentiles(values: np.ndarray) -> np.ndarray:
+    """numpy's default ("linear") percentiles at PERCENTILES; NaN for no samples."""
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return np.full(len(PERCENTILES), math.nan)
+    return np.percentile(values, PERCENTILES)
+
+
+def weighted_percentiles(
+    values: np.ndarray, weights: np.ndarray, percents: Sequence[float]
+) -> np.ndarray:
+    """Percentiles of ``values`` where ``values[i]`` occurs ``weights[i]`` times, without
+    materialising the repetition (sort, then cumulative weights).
+
+    Inverted-CDF definition: the ``q``-th percentile is the smallest value whose
+    cumulative weight is at least ``q/100 × Σ weights``. For integer weights this equals
+    ``np.percentile(np.repeat(values, weights), q, method="inverted_cdf")``; it never
+    interpolates, so every percentile is an observed value. Zero weights are ignored;
+    no positive weight gives NaN.
+    """
+    keep = weights > 0
+    values, weights = values[keep], weights[keep]
+    if values.size == 0:
+        return np.full(len(percents), math.nan)
+    order = np.argsort(values)
+    sorted_values = values[order]
+    cumulative = np.cumsum(weights[order])
+    targets = np.asarray(percents, dtype=np.float64) / 100.0 * cumulative[-1]
+    index = np.searchsorted(cumulative, targets, side="left")
+    return sorted_values[np.minimum(index, sorted_values.size - 1)]
+
+
+class Results:
+    """The outcome of ``simulate(scenario)``.
+
+    Attributes:
+        scenario: the scenario that was run (opaque here; only ``info`` feeds numbers).
+        iterations: one row per iteration per replica, as the engine recorded it.
+        info: deployment facts and the stop time (:class:`RunInfo`).
+        itl_stall_s: extra inter-token gaps caused by preemption, one per resumed request.
+
+    ``requests`` is the engine's request frame plus derived latency columns, computed on
+    first access. ``summary()`` is computed once and cached. Neither mutates the frames
+    the engine passed in.
+    """
+
+    def __init__(
+        self,
+        scenario: Any,
+        requests: pd.DataFrame,
+        iterations: pd.DataFrame,
+        info: RunInfo,
+        itl_stall_s: np.ndarray,
+    ) -> None:
+        self.scenario = scenario
+        self._raw_requests = requests
+        self.iterations = iterations
+        self.info = info
+        self.itl_stall_s = itl_stall_s
+        self._summary: pd.Series | None = None
+
+    # ---- frames ----
+
+    @functools.cached_property
+    def requests(self) -> pd.DataFrame:
+        """Request rows plus ``ttft_s`` (first token − arrival), ``e2e_s`` (finish −
+        arrival), ``tpot_s`` ((finish − first token) / (generated − 1), finished requests
+        with ≥ 2 generated tokens, else NaN) and ``queue_s`` (first scheduled − arrival).
+        Times that did not happen are NaN, and so is anything derived from them."""
+        df = self._raw_requests.copy(deep=False)  # new columns must not leak into the input
+        arrival = df["arrival_s"].to_numpy(dtype=np.float64)
+        first_token = df["first_token_s"].to_numpy(dtype=np.float64)
+        finish = df["finish_s"].to_numpy(dtype=np.float64)
+        generated = df["generated_tokens"].to_numpy(dtype=np.float64)
+        has_tpot = (df["status"] == "finished").to_numpy(dtype=bool) & (generated >= 2)
+        df["ttft_s"] = first_token - arrival
+        df["e2e_s"] = finish - arrival
+        with np.errstate(divide="ignore", invalid="ignore"):
+            tpot = (finish - first_token) / (generated - 1.0)
+        df["tpot_s"] = np.where(has_tpot, tpot, np.nan)
+        df["queue_s"] = df["first_scheduled_s"].to_numpy(dtype=np.float64) - arrival
+        return df
+
+    # ---- summary ----
+
+    def summary(self) -> pd.Series:
+        """Run-level metrics as floats indexed by name (units in the names); see
+        :meth:`_compute_summary` for definitions. Computed once; returns a copy."""
+        if self._summary is None:
+            self._summary = self._compute_summary()
+        return self._summary.copy()
+
+    def _compute_summary(self) -> pd.Series:
+        """Definitions (finished = status "finished"):
+
+        - ``duration_s`` = ``info.end_s`` − first arrival: the window throughput is over.
+        - TTFT over requests that got a first token; TPOT and E2E over finished requests.
+          ``mean`` and linear (numpy default) percentiles.
+        - ITL samples: each iteration's ``duration_s`` once per decode sequence in it, plus
+          ``itl_stall_s``; inverted-CDF weighted percentiles (:func:`weighted_percentiles`).
+        - Throughput counts finished requests' prompt and generated tokens over
+          ``duration_s``; per device divides by replicas × devices per replica.
+        - Goodput: finished requests with TTFT ≤ SLO and TPOT ≤ SLO (NaN TPOT, a single
+          output token, meets it; a None target is always met), per ``duration_s``;
+          ``slo_attainment_frac`` divides that count by the requests not in flight at the
+          stop (rejected ones count as failures).
+        - MFU/MBU: Σ flops (hbm_bytes) / (Σ busy seconds × peak), per device.
+        - Energy: per device, an iteration draws idle + (TDP − idle) × clip(max(MFU_i,
+          MBU_i), 0, 1) and idle time draws idle, over [0, end_s]; × devices.
+        - Cost: devices × price per hour × end_s / 3600.
+        """
+        info, req = self.info, self.requests
+        status = req["status"].to_numpy(dtype=object)
+        finished = status == "finished"
+        num_requests = len(req)
+        num_finished = int(finished.sum())
+        num_rejected = int((status == "rejected").sum())
+        num_in_flight = int((status == "in_flight").sum())
+        first_arrival = float(req["arrival_s"].min()) if num_requests else math.nan
+        duration_s = info.end_s - first_arrival
+
+        m: dict[str, float] = {
+            "num_requests": num_requests,
+            "num_finished": num_finished,
+            "num_rejected": num_rejected,
+            "num_in_flight": num_in_flight,
+            "duration_s": duration_s,
+        }
+
+        ttft = req["ttft_s"].to_numpy(dtype=np.float64)
+        tpot = req["tpot_s"].to_numpy(dtype=np.float64)
+        e2e = req["e2e_s"].to_numpy(dtype=np.float64)
+        samples = {"ttft": ttft, "tpot": tpot[finished], "e2e": e2e[finished]}
+        for name in LATENCY_METRICS:
+            if name == "itl":
+                mean, pcts = self._itl_stats()
+            else:
+                values = samples[name]
+                values = values[~np.isnan(values)]
+                mean = float(values.mean()) if values.size else math.nan
+                pcts = _percentiles(values)
+            m[f"{name}_mean_s"] = mean
+            for p, value in zip(PERCENTILES, pcts, strict=True):
+                m[f"{name}_p{p}_s"] = float(value)
+
+        # Throughput of finished requests over the measurement window.
+        input_tokens = float(req["prompt_tokens"].to_numpy()[finished].sum())
+        output_tokens = float(req["generated_tokens"].to_numpy()[finished].sum())
+        total_tokens = input_tokens + output_tokens
+        devices = info.num_devices
+        m["request_throughput_per_s"] = _ratio(num_finished, duration_s)
+        m["input_tokens_per_s"] = _ratio(input_tokens, duration_s)
+        m["output_tokens_per_s"] = _ratio(output_tokens, duration_s)
+        m["total_tokens_per_s"] = _ratio(total_tokens, duration_s)
+        m["output_tokens_per_s_per_device"] = _ratio(output_tokens, duration_s * devices)
+        m["total_tokens_per_s_per_device"] = _ratio(total_tokens, duration_s * devices)
+
+        good = finished.copy()
+        if info.slo_ttft_s is not None:
+            good &= ttft <= info.slo_ttft_s
+        if info.slo_tpot_s is not None:
+            good &= np.isnan(tpot) | (tpot <= info.slo_tpot_s)
+        num_good = int(good.sum())
+        m["goodput_requests_per_s"] = _ratio(num_good, duration_s)
+        m["slo_attainment_frac"] = _ratio(num_good, num_requests - num_in_flight)
+
+        m.update(self._utilisation(duration_s))
+        m["energy_per_output_token_j"] = _ratio(m["energy_j"], output_tokens)
+        cost_usd = devices * info.accelerator.price_per_hour_usd * info.end_s / 3600.0
+        m["cost_usd"] = cost_usd
+        m["cost_per_million_output_tokens_usd"] = _ratio(cost_usd * 1e6, output_tokens)
+        m["cost_per_million_total_tokens_usd"] = _ratio(cost_usd * 1e6, total_tokens)
+        return pd.Series(m, dtype=np.float64, name="value").rename_axis("metric")
+
+    def _itl_stats(self) -> tuple[float, np.ndarray]:
+        """Mean and weighted percentiles of inter-token latency (see ``summary``)."""
+        durations = self.iterations["duration_s"].to_numpy(dtype=np.float64)
+        decode_seqs = self.iterations["num_decode_seqs"].to_numpy(dtype=np.int64)
+        stalls = np.asarray(self.itl_stall_s, dtype=np.float64)
+        values = np.concatenate([durations, stalls])
+        weights = np.concatenate([decode_seqs, np.ones(stalls.size, dtype=np.int64)])
+        total_weight = float(weights.sum())
+        mean = _ratio(float(durations @ decode_seqs.astype(np.float64)) + float(stalls.sum()),
+                      total_weight)
+        return mean, weighted_percentiles(values, weights, PERCENTILES)
+
+    def _utilisation(self, duration_s: float) -> dict[str, float]:
+        info, it = self.info, self.iterations
+        accel = info.accelerator
+        peak_flops = accel.peak_flops_per_s(info.compute_dtype)
+        peak_bytes = accel.hbm_bytes_per_s
+        dur = it["duration_s"].to_numpy(dtype=np.float64)
+        flops = it["flops"].to_numpy(dtype=np.float64)
+        hbm = it["hbm_bytes"].to_numpy(dtype=np.float64)
+        kv = it["kv_blocks_used"].to_numpy(dtype=np.float64)
+        busy_s = float(dur.sum())
+
+        with np.errstate(divide="ignore", invalid="ignore"):
+            load = np.maximum(flops / (dur * peak_flops), hbm / (dur * peak_bytes))
+        load = np.clip(np.nan_to_num(load, nan=0.0, posinf=1.0), 0.0, 1.0)
+        busy_energy_j = float(((accel.idle_w + (accel.tdp_w - accel.idle_w) * load) * dur).sum())
+        replicas = it["replica"].to_numpy(dtype=np.int64)
+        busy_per_replica = np.bincount(replicas, weights=dur, minlength=info.num_replicas)
+        idle_s = float(np.clip(info.end_s - busy_per_replica, 0.0, None).sum())
+        energy_j = info.devices_per_replica * (busy_energy_j + accel.idle_w * idle_s)
+
+        capacity = float(info.kv_capacity_blocks)
+        return {
+            "mfu_frac": _ratio(float(flops.sum()), busy_s * peak_flops),
+            "mbu_frac": _ratio(float(hbm.sum()), busy_s * peak_bytes),
+            "busy_frac": _ratio(busy_s, info.num_replicas * duration_s),
+            "kv_utilization_mean_frac": _ratio(float(kv @ dur), busy_s * capacity),
+            "kv_utilization_max_frac": _ratio(float(kv.max()), capacity) if kv.size else math.nan,
+            "num_preemptions": float(it["num_preempted"].sum()),
+            "energy_j": energy_j,
+        }
+
+    # ---- exports ----
+
+    def to_parquet(self, directory: str | Path) -> list[Path]:
+        """Write ``requests.parquet`` (with derived columns) and ``iterations.parquet``."""
+        out = _ensure_dir(directory)
+        paths = [out / "requests.parquet", out / "iterations.parquet"]
+        self.requests.to_parquet(paths[0], index=False)
+        self.iterations.to_parquet(paths[1], index=False)
+        return paths
+
+    def to_csv(self, directory: str | Path) -> list[Path]:
+        """Write ``requests.csv`` (with derived columns) and ``iterations.csv``; missing
+        times are empty cells."""
+        out = _ensure_dir(directory)
+        paths = [out / "requests.csv", out / "iterations.csv"]
+        self.requests.to_csv(paths[0], index=False)
+        self.iterations.to_csv(paths[1], index=False)
+        return paths
+
+    def summary_to_json(self, path: str | Path) -> Path:
+        """Write ``summary()`` as a JSON object ``{metric: value}``; NaN becomes null."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        values = {k: (None if math.isnan(v) else v) for k, v in self.summary().items()}
+        path.write_text(json.dumps(values, indent=2) + "\n")
+        return path
+
+    def to_chrome_trace(self, path: str | Path, max_iterations: int | None = 200_000) -> Path:
+        """Write the timeline as Chrome/Perfetto trace JSON (open in ui.perfetto.dev).
+
+        One process per replica (pid = replica). Each iteration is a complete event
+        ("X") named "prefill", "decode" or "prefill+decode", ts/dur in microseconds, args
+        with its prefill tokens, decode sequences and KV blocks. Counter tracks ("C")
+        ``kv_blocks_used`` and ``decode_seqs`` are sampled at iteration starts, a sample
+        only where the value changed. An iteration that preempted emits an instant
+        event ("i") named "preempt". With more than ``max_iterations`` iterations, only
+        the ``max_iterations`` that start earliest are kept and a warning says how many
+        were left out. Events are streamed to the file in chunks.
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        it = self.iterations
+        if max_iterations is not None and len(it) > max_iterations:
+            keep = np.sort(np.argsort(it["start_s"].to_numpy(), kind="stable")[:max_iterations])
+            log.warning(
+                "chrome trace: kept the first %d of %d iterations, left out %d",
+                max_iterations, len(it), len(it) - max_iterations,
+            )
+            it = it.iloc[keep]
+        events = _trace_events(it, self.info.num_replicas)
+        with path.open("w") as f:
+            f.write('{"displayTimeUnit":"ms","traceEvents":[\n')
+            separator = ""
+            # Encode in chunks: one json.dumps call per event costs more than the encoding.
+            while chunk := list(itertools.islice(events, _TRACE_CHUNK_EVENTS)):
+                f.write(separator + json.dumps(chunk, separators=(",", ":"))[1:-1])
+                separator = ",\n"
+            f.write("\n]}\n")
+        return path
+
+    def save(self, directory: str | Path) -> list[Path]:
+        """Write every export into ``directory``: frames as Parquet and CSV,
+        ``summary.json`` and ``trace.json``. Returns the paths written."""
+        out = _ensure_dir(directory)
+        return [
+            *self.to_parquet(out),
+            *self.to_csv(out),
+            self.summary_to_json(out / "summary.json"),
+            self.to_chrome_trace(out / "trace.json"),
+        ]
+
+
+def _ensure_dir(directory: str | Path) -> Path:
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _changed(values: np.ndarray, replica: np.ndarray) -> np.ndarray:
+    """True where a counter differs from the previous row of the same replica (rows are
+    grouped by replica in time order), and at each replica's first row."""
+    mask = np.ones(values.size, dtype=bool)
+    mask[1:] = (values[1:] != values[:-1]) | (replica[1:] != replica[:-1])
+    return mask
+
+
+def _trace_events(it: pd.DataFrame, num_replicas: int) -> Iterator[dict[str, Any]]:
+    """Chrome trace events for ``it`` (one pass; columns pulled out as lists once)."""
+    it = it.sort_values(["replica", "start_s"], kind="stable")
+    replica = it["replica"].to_numpy(dtype=np.int64)
+    for r in sorted(set(range(num_replicas)) | set(np.unique(replica).tolist())):
+        yield {"name": "process_name", "ph": "M", "pid": r, "tid": 0,
+               "args": {"name": f"replica {r}"}}
+    ts_us = (it["start_s"].to_numpy(dtype=np.float64) * 1e6).tolist()
+    dur_us = (it["duration_s"].to_numpy(dtype=np.float64) * 1e6).tolist()
+    prefill = it["num_prefill_tokens"].to_numpy(dtype=np.int64)
+    decode = it["num_decode_seqs"].to_numpy(dtype=np.int64)
+    kv = it["kv_blocks_used"].to_numpy(dtype=np.int64)
+    preempted = it["num_preempted"].to_numpy(dtype=np.int64)
+    kv_changed = _changed(kv, replica).tolist()
+    decode_changed = _changed(decode, replica).tolist()
+    names = np.where(prefill > 0, np.where(decode > 0, "prefill+decode", "prefill"), "decode")
+    rows = zip(replica.tolist(), names.tolist(), ts_us, dur_us, prefill.tolist(),
+               decode.tolist(), kv.tolist(), preempted.tolist(), kv_changed, decode_changed,
+               strict=True)
+    for pid, name, ts, dur, n_prefill, n_decode, n_kv, n_preempted, kv_new, dec_new in rows:
+        yield {"name": name, "ph": "X", "pid": pid, "tid": 0, "ts": ts, "dur": dur,
+               "args": {"prefill_tokens": n_prefill, "decode_seqs": n_decode,
+                        "kv_blocks_used": n_kv}}
+        if kv_new:
+            yield {"name": "kv_blocks_used", "ph": "C", "pid": pid, "ts": ts,
+                   "args": {"blocks": n_kv}}
+        if dec_new:
+            yield {"name": "decode_seqs", "ph": "C", "pid": pid, "ts": ts,
+                   "args": {"seqs": n_decode}}
+        if n_preempted:
+            yield {"name": "preempt", "ph": "i", "s": "p", "pid": pid, "tid": 0, "ts": ts,
+                   "args": {"num_preempted": n_preempted}}
