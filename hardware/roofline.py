@@ -22,7 +22,7 @@ class OpCost(NamedTuple):
     flops: Scalar
     hbm_bytes: Scalar
 
-    def __add__(self, other: object) -> OpCost:  # type: ignore[override]
+    def __add__(self, other: object) -> OpCost:
         assert isinstance(other, OpCost)
         return OpCost(
             self.seconds + other.seconds,

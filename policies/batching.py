@@ -7,18 +7,18 @@ from collections.abc import Iterator
 from typing import Protocol
 
 from policies.registry import Registry
-from simulator.plan import IterationPlan, ReplicaView
+from simulator.plan import BatchingPolicy, IterationPlan, ReplicaView
 from simulator.request import Request
 from simulator.scenario import EngineConfig
 
 
-class BatchingPolicy(Protocol):
-    def schedule(self, view: ReplicaView) -> IterationPlan:
-        """Decide the next iteration from ``view`` (read-only); never mutates anything."""
-        ...
+class BatchingPolicyFactory(Protocol):
+    """What the registry holds: builds a policy from the engine config."""
+
+    def from_engine(self, engine: EngineConfig) -> BatchingPolicy: ...
 
 
-BATCHING: Registry[type] = Registry("batching")
+BATCHING: Registry[BatchingPolicyFactory] = Registry("batching")
 
 
 @BATCHING.register("token_budget")

@@ -12,6 +12,7 @@ from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+S = TypeVar("S")
 
 ENTRY_POINT_GROUP = "servesim.policies"
 
@@ -24,11 +25,13 @@ class Registry(Generic[T]):
         self._factories: dict[str, T] = {}
         self._plugins_loaded = False
 
-    def register(self, name: str) -> Callable[[T], T]:
-        def add(factory: T) -> T:
+    def register(self, name: str) -> Callable[[S], S]:
+        """Decorator adding ``factory`` (usually a class) under ``name``; returns it unchanged."""
+
+        def add(factory: S) -> S:
             if name in self._factories:
                 raise ValueError(f"{self.kind} policy {name!r} is already registered")
-            self._factories[name] = factory
+            self._factories[name] = factory  # type: ignore[assignment]
             return factory
 
         return add

@@ -17,7 +17,11 @@ class RoutingPolicy(Protocol):
         ...
 
 
-ROUTING: Registry[type] = Registry("routing")
+class RoutingPolicyFactory(Protocol):
+    def __call__(self) -> RoutingPolicy: ...
+
+
+ROUTING: Registry[RoutingPolicyFactory] = Registry("routing")
 
 
 @ROUTING.register("round_robin")

@@ -94,6 +94,7 @@ class CostModel:
     _seq_cache: dict[int, tuple[float, float, float]] = field(
         default_factory=dict, init=False, repr=False
     )
+    _run_cache: dict[int, tuple[float, ...]] = field(default_factory=dict, init=False, repr=False)
     _decode_constants: tuple[int, float, float, float, float, float, float] | None = field(
         default=None, init=False, repr=False
     )
@@ -374,13 +375,40 @@ class CostModel:
         self, num_decode_seqs: int, decode_context_tokens: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per-iteration (seconds, flops, hbm_bytes) of decode-only iterations that differ
-        only in the attended context; arrays shaped like ``decode_context_tokens``."""
-        seconds, flops, hbm = self._shape_totals(num_decode_seqs, num_decode_seqs)
-        attn = self._decode_attention(num_decode_seqs, decode_context_tokens)
+        only in the attended context; arrays shaped like ``decode_context_tokens``.
+
+        The same numbers as ``price`` up to float rounding, with the constants folded so
+        a run costs a handful of numpy calls (the engine's hottest path)."""
+        coeffs = self._run_cache.get(num_decode_seqs)
+        if coeffs is None:
+            coeffs = self._run_cache[num_decode_seqs] = self._run_coefficients(num_decode_seqs)
+        s_per_key_compute, s_per_key_memory, s_memory_fixed, s_fixed, f_per_key, f_fixed, \
+            b_per_key, b_fixed = coeffs
+        ctx = decode_context_tokens
+        seconds = np.maximum(ctx * s_per_key_compute, ctx * s_per_key_memory + s_memory_fixed)
+        seconds += s_fixed
+        flops = ctx * f_per_key
+        flops += f_fixed
+        hbm = ctx * b_per_key
+        hbm += b_fixed
+        return seconds, flops, hbm
+
+    def _run_coefficients(self, n: int) -> tuple[float, ...]:
+        """decode_run's affine pieces: seconds = fixed + max(a * ctx, b * ctx + c), etc."""
+        dense_s, dense_f, dense_b = self._shape_totals(n, n)
+        c = self._decode_constants
+        if c is None:
+            c = self._decode_constants = self._make_decode_constants()
+        layers, flops_per_key, bytes_per_key, bytes_per_seq, s_per_flop, s_per_byte, floor_s = c
         return (
-            seconds + attn.seconds + self.iteration_overhead_s,
-            flops + attn.flops,
-            hbm + attn.hbm_bytes,
+            layers * flops_per_key * s_per_flop,
+            layers * bytes_per_key * s_per_byte,
+            layers * n * bytes_per_seq * s_per_byte,
+            dense_s + layers * floor_s + self.iteration_overhead_s,
+            layers * flops_per_key,
+            dense_f,
+            layers * bytes_per_key,
+            dense_b + layers * n * bytes_per_seq,
         )
 
 

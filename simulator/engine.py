@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from typing import Any
 
 import numpy as np
 import simpy
@@ -77,7 +78,7 @@ class _Cluster:
 
 
 def _open_loop(env: simpy.Environment, cluster: _Cluster, arrival_s: np.ndarray,
-               prompts: list[int], outputs: list[int]):  # type: ignore[no-untyped-def]
+               prompts: list[int], outputs: list[int]) -> Generator[simpy.Event, Any, None]:
     times = on_grid_array(arrival_s).tolist()
     for t, prompt, output in zip(times, prompts, outputs, strict=True):
         if t > env.now:

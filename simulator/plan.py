@@ -81,3 +81,12 @@ class ReplicaView(Protocol):
         """Tokens of ``request`` in the KV cache now (up to date inside a run)."""
         ...
     def is_decoding(self, request: Request) -> bool: ...
+
+
+class BatchingPolicy(Protocol):
+    """Decides each iteration of one replica (``policies/batching.py`` has the built-ins)."""
+
+    def schedule(self, view: ReplicaView) -> IterationPlan:
+        """The next iteration's plan, from ``view`` (read-only); mutates nothing else
+        than the policy's own learned state (attributes ending in ``_``)."""
+        ...

@@ -20,7 +20,9 @@ class _Columns:
     def __init__(self, dtypes: dict[str, type]) -> None:
         self._dtypes = dtypes
         self._size = 0
-        self._data = {name: np.empty(1024, dtype=dt) for name, dt in dtypes.items()}
+        self._data: dict[str, np.ndarray] = {
+            name: np.empty(1024, dtype=dt) for name, dt in dtypes.items()
+        }
 
     def _reserve(self, extra: int) -> None:
         need = self._size + extra
@@ -117,7 +119,9 @@ class Recorder:
     def requests_frame(self) -> pd.DataFrame:
         df = self._requests.frame().sort_values("request_id", kind="stable")
         df = df.reset_index(drop=True)
-        df["status"] = pd.Categorical.from_codes(df["status"].to_numpy(), REQUEST_STATUSES)
+        df["status"] = pd.Categorical.from_codes(
+            df["status"].to_numpy(), dtype=pd.CategoricalDtype(REQUEST_STATUSES)
+        )
         reasons = df["request_id"].map(self._reject_reasons)
         df["reject_reason"] = reasons.astype(object).where(reasons.notna(), None)
         return df

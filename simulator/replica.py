@@ -22,14 +22,15 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Generator, Sequence
+from typing import Any
 
 import numpy as np
 import simpy
 
 from simulator.clock import on_grid, on_grid_array
 from simulator.cost import CostModel
-from simulator.plan import IterationPlan
+from simulator.plan import BatchingPolicy, IterationPlan
 from simulator.recorder import Recorder
 from simulator.request import Request
 
@@ -45,7 +46,7 @@ class Replica:
         env: simpy.Environment,
         index: int,
         cost: CostModel,
-        batching: object,
+        batching: BatchingPolicy,
         *,
         num_kv_blocks: int,
         block_size_tokens: int,
@@ -153,12 +154,12 @@ class Replica:
 
     # ---- the loop ----
 
-    def _loop(self):  # type: ignore[no-untyped-def]
+    def _loop(self) -> Generator[simpy.Event, Any, None]:
         while True:
             if not self._running and not self._waiting:
                 yield from self._sleep()
                 continue
-            plan: IterationPlan = self.batching.schedule(self)  # type: ignore[attr-defined]
+            plan = self.batching.schedule(self)
             self._preempt(plan.preempted)
             if not plan.prefill and plan.num_decode_seqs == 0:
                 if not plan.preempted:
@@ -172,12 +173,12 @@ class Replica:
             else:
                 yield from self._step(plan)
 
-    def _sleep(self):  # type: ignore[no-untyped-def]
+    def _sleep(self) -> Generator[simpy.Event, Any, None]:
         self._wakeup = self.env.event()
         yield self._wakeup
         self._wakeup = None
 
-    def _step(self, plan: IterationPlan):  # type: ignore[no-untyped-def]
+    def _step(self, plan: IterationPlan) -> Generator[simpy.Event, Any, None]:
         """One iteration of any shape."""
         start_s = self.env.now
         q: list[int] = []
@@ -214,7 +215,7 @@ class Replica:
                 self._emit_after_prefill(request, now)
         self._finish_decodes(now)
 
-    def _decode_run(self):  # type: ignore[no-untyped-def]
+    def _decode_run(self) -> Generator[simpy.Event, Any, None]:
         """Decode-only iterations until the next completion, KV shortage or stop, in one
         event; an arrival that could be admitted interrupts and cuts the run short.
 

@@ -1,0 +1,65 @@
+"""The servesim command, end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import yaml
+
+from simulator.cli import main
+
+
+def test_run_default_prints_a_summary(capsys):
+    assert main(["run", "--set", "stop.num_requests=40"]) == 0
+    out = capsys.readouterr().out
+    assert "TTFT" in out and "TPOT" in out and "Throughput" in out
+
+
+def test_run_writes_every_output(tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    code = main(["run", "examples/llama3-8b-h100.yaml", "--set", "stop.num_requests=30",
+                 "--out", str(out_dir)])
+    assert code == 0
+    names = {p.name for p in out_dir.iterdir()}
+    assert {"requests.parquet", "iterations.parquet", "requests.csv", "iterations.csv",
+            "summary.json", "trace.json", "scenario.yaml"} <= names
+    assert len(pd.read_parquet(out_dir / "requests.parquet")) == 30
+    trace = json.loads((out_dir / "trace.json").read_text())
+    assert any(e.get("ph") == "X" for e in trace["traceEvents"])
+    assert yaml.safe_load((out_dir / "scenario.yaml").read_text())["stop"]["num_requests"] == 30
+
+
+def test_bad_field_is_reported_without_a_traceback(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("engine:\n  max_num_seqs: -1\n")
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "engine.max_num_seqs" in err and "-1" in err and "Traceback" not in err
+
+
+def test_unfit_deployment_is_reported_with_numbers(capsys):
+    assert main(["run", "--set", "model=llama-3.1-70b"]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit" in err and "GiB" in err
+
+
+def test_missing_file_and_bad_override(capsys):
+    assert main(["run", "no/such/file.yaml"]) == 2
+    assert "cannot read scenario file" in capsys.readouterr().err
+    assert main(["run", "--set", "engine.max_num_seqs"]) == 2
+    assert "dotted.key=value" in capsys.readouterr().err
+
+
+def test_scenario_prints_a_loadable_yaml(capsys):
+    assert main(["scenario", "--set", "engine.max_num_seqs=12"]) == 0
+    out = capsys.readouterr().out
+    yaml_part = out.split("# memory")[0]
+    assert yaml.safe_load(yaml_part)["engine"]["max_num_seqs"] == 12
+
+
+def test_catalog_listings(capsys):
+    assert main(["models"]) == 0
+    assert "llama-3.1-70b" in capsys.readouterr().out
+    assert main(["hardware"]) == 0
+    assert "h100-sxm" in capsys.readouterr().out
