@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+import numpy as np
+
 from policies.registry import Registry
 from simulator.plan import ReplicaView
 from simulator.request import Request
@@ -26,7 +28,10 @@ ROUTING: Registry[RoutingPolicyFactory] = Registry("routing")
 
 @ROUTING.register("round_robin")
 class RoundRobin:
-    """Replicas in turn, regardless of load (the default of most load balancers)."""
+    """Replicas in turn, regardless of load (the default of most load balancers).
+
+    Oblivious: its choices depend on arrival order alone, so ``assign`` can route a whole
+    open-loop workload up front (the engine then tells each replica its arrivals)."""
 
     def __init__(self) -> None:
         self.next_ = 0
@@ -35,3 +40,9 @@ class RoundRobin:
         index = self.next_ % len(replicas)
         self.next_ = index + 1
         return index
+
+    def assign(self, num_requests: int, num_replicas: int) -> np.ndarray:
+        """The replicas of the next ``num_requests`` requests, as ``route`` would give."""
+        indices = (self.next_ + np.arange(num_requests)) % num_replicas
+        self.next_ += num_requests
+        return indices

@@ -144,16 +144,20 @@ class CostModel:
     # ---- op classes ----
 
     def _gemm(self, m: Scalar, k: float, n: float, weight_bytes_per_elem: float) -> OpCost:
-        eff = self.efficiency.gemm_for(self.compute_dtype)
         flops = 2.0 * m * k * n
         hbm = k * n * weight_bytes_per_elem + (m * k + m * n) * self._act_bytes
+        return self._gemm_like(flops, hbm, calls=1)
+
+    def _gemm_like(self, flops: Scalar, hbm: Scalar, calls: int) -> OpCost:
+        """Priced with the GEMM efficiencies of the compute dtype; ``calls`` kernel floors."""
+        eff = self.efficiency.gemm_for(self.compute_dtype)
         seconds = roofline_s(
             flops, hbm,
             peak_flops_per_s=self.accelerator.peak_flops_per_s(self.compute_dtype),
             compute_frac=eff.compute_frac,
             hbm_bytes_per_s=self.accelerator.hbm_bytes_per_s,
             memory_frac=eff.memory_frac,
-            floor_s=eff.floor_s,
+            floor_s=calls * eff.floor_s,
         )
         return OpCost(seconds, flops, hbm)
 
@@ -191,16 +195,7 @@ class CostModel:
         flops = 2.0 * num_tokens * k * expert_params
         act = num_tokens * k * (2 * m.hidden_size + m.mlp_matrices * m.expert_intermediate_size / t)
         hbm = experts_touched * expert_params * wb + act * self._act_bytes
-        eff = self.efficiency.gemm_for(self.compute_dtype)
-        seconds = roofline_s(
-            flops, hbm,
-            peak_flops_per_s=self.accelerator.peak_flops_per_s(self.compute_dtype),
-            compute_frac=eff.compute_frac,
-            hbm_bytes_per_s=self.accelerator.hbm_bytes_per_s,
-            memory_frac=eff.memory_frac,
-            floor_s=2 * eff.floor_s,  # grouped up/gate and down GEMMs
-        )
-        routed = OpCost(seconds, flops, hbm)
+        routed = self._gemm_like(flops, hbm, calls=2)  # grouped up/gate and down GEMMs
         router = self._gemm(num_tokens, m.hidden_size, e, BYTES_PER_ELEMENT["bf16"])
         total = routed + router
         if m.num_shared_experts:

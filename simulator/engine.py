@@ -65,25 +65,51 @@ class _Cluster:
             return f"needs {blocks} KV blocks; the whole cache holds {self.num_kv_blocks}"
         return None
 
-    def arrive(self, prompt_tokens: int, output_tokens: int) -> None:
+    def rejected(self, prompt_tokens: np.ndarray, output_tokens: np.ndarray) -> np.ndarray:
+        """Vectorised ``_rejection``: which requests will be rejected."""
+        total = prompt_tokens + output_tokens
+        blocks = -(-(total - 1) // self.block_size)
+        return (total > self.max_model_len) | (blocks > self.num_kv_blocks)
+
+    def route_ahead(self, arrival_s: np.ndarray, prompt_tokens: np.ndarray,
+                    output_tokens: np.ndarray) -> list[int] | None:
+        """With an oblivious router, route a whole open-loop workload now and tell each
+        replica its arrivals (so runs need no interrupts). None if the router is not."""
+        assign = getattr(self.router, "assign", None)
+        if assign is None:
+            return None
+        accepted = ~self.rejected(prompt_tokens, output_tokens)
+        routes = np.full(len(arrival_s), -1, dtype=np.int64)
+        routes[accepted] = assign(int(accepted.sum()), len(self.replicas))
+        for replica in self.replicas:
+            replica.expect_arrivals(arrival_s[routes == replica.index])
+        return routes.tolist()
+
+    def arrive(self, prompt_tokens: int, output_tokens: int, route: int | None = None) -> None:
+        """A request arrives now; ``route`` is its replica when routed ahead."""
         request = Request(self._next_id, self.env.now, prompt_tokens)
         self._next_id += 1
         reason = self._rejection(prompt_tokens, output_tokens)
         if reason is not None:
+            assert route is None or route < 0
             self.recorder.request_rejected(request, output_tokens, reason)
             self.on_done(request)
             return
-        index = self.router.route(request, self.replicas)
+        index = self.router.route(request, self.replicas) if route is None else route
         self.replicas[index].submit(request, output_tokens)
 
 
 def _open_loop(env: simpy.Environment, cluster: _Cluster, arrival_s: np.ndarray,
-               prompts: list[int], outputs: list[int]) -> Generator[simpy.Event, Any, None]:
-    times = on_grid_array(arrival_s).tolist()
-    for t, prompt, output in zip(times, prompts, outputs, strict=True):
+               prompt_tokens: np.ndarray, output_tokens: np.ndarray
+               ) -> Generator[simpy.Event, Any, None]:
+    times = on_grid_array(arrival_s)
+    routes = cluster.route_ahead(times, prompt_tokens, output_tokens)
+    rows = zip(times.tolist(), prompt_tokens.tolist(), output_tokens.tolist(),
+               routes or [None] * len(times), strict=True)
+    for t, prompt, output, route in rows:
         if t > env.now:
             yield env.timeout(t - env.now)
-        cluster.arrive(prompt, output)
+        cluster.arrive(prompt, output, route)
 
 
 class _ClosedLoop:
@@ -142,7 +168,7 @@ def simulate(scenario: Scenario) -> Results:
     wall_start = time.perf_counter()  # reported only; simulated time is env.now alone
     deployment = resolve(scenario)
     env = simpy.Environment()
-    recorder = Recorder()
+    recorder = Recorder(scenario.deployment.replicas)
     (workload_seed,) = np.random.SeedSequence(scenario.seed).spawn(1)
     rng = np.random.default_rng(workload_seed)
     workload, stop = scenario.workload, scenario.stop
@@ -159,8 +185,8 @@ def simulate(scenario: Scenario) -> Results:
         arrays = open_loop_requests(
             workload, num_requests=stop.num_requests, duration_s=stop.duration_s, rng=rng
         )
-        env.process(_open_loop(env, cluster, arrays.arrival_s,
-                               arrays.prompt_tokens.tolist(), arrays.output_tokens.tolist()))
+        env.process(_open_loop(env, cluster, arrays.arrival_s, arrays.prompt_tokens,
+                               arrays.output_tokens))
 
     if stop.duration_s is not None:
         env.run(until=stop.duration_s)

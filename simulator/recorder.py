@@ -29,7 +29,7 @@ class _Columns:
         capacity = len(next(iter(self._data.values())))
         if need <= capacity:
             return
-        capacity = max(need, 2 * capacity)
+        capacity = max(need, capacity + capacity // 2)
         for name, col in self._data.items():
             grown = np.empty(capacity, dtype=col.dtype)
             grown[: self._size] = col[: self._size]
@@ -51,20 +51,25 @@ class _Columns:
             col[i : i + n] = value
         self._size += n
 
+    def columns(self) -> dict[str, np.ndarray]:
+        """Views of the filled part of each column (no copy)."""
+        return {name: col[: self._size] for name, col in self._data.items()}
+
     def frame(self) -> pd.DataFrame:
-        return pd.DataFrame({name: col[: self._size] for name, col in self._data.items()})
+        return pd.DataFrame(self.columns())
 
 
 ITERATION_COLUMNS: dict[str, type] = {
-    "replica": np.int64,
+    # 64 bytes a row: a million-request run has millions of iterations.
+    "replica": np.int32,
     "iteration": np.int64,
     "start_s": np.float64,
     "duration_s": np.float64,
-    "num_prefill_tokens": np.int64,
-    "num_prefill_seqs": np.int64,
-    "num_decode_seqs": np.int64,
-    "kv_blocks_used": np.int64,
-    "num_preempted": np.int64,
+    "num_prefill_tokens": np.int32,
+    "num_prefill_seqs": np.int32,
+    "num_decode_seqs": np.int32,
+    "kv_blocks_used": np.int32,
+    "num_preempted": np.int32,
     "flops": np.float64,
     "hbm_bytes": np.float64,
 }
@@ -75,8 +80,10 @@ REQUEST_STATUSES = ["finished", "rejected", "in_flight"]
 class Recorder:
     """Collects request and iteration rows for one simulation."""
 
-    def __init__(self) -> None:
-        self.iterations = _Columns(ITERATION_COLUMNS)
+    def __init__(self, num_replicas: int) -> None:
+        # One buffer per replica: each is already in iteration order, so the frame is a
+        # concatenation, never a sort.
+        self.iterations = [_Columns(ITERATION_COLUMNS) for _ in range(num_replicas)]
         self._requests = _Columns(
             {
                 "request_id": np.int64,
@@ -127,5 +134,7 @@ class Recorder:
         return df
 
     def iterations_frame(self) -> pd.DataFrame:
-        df = self.iterations.frame()
-        return df.sort_values(["replica", "iteration"], kind="stable").reset_index(drop=True)
+        parts = [buffer.columns() for buffer in self.iterations]
+        return pd.DataFrame(
+            {name: np.concatenate([part[name] for part in parts]) for name in ITERATION_COLUMNS}
+        )

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from simulator.cost import BatchShape
 from simulator.deployment import resolve
 from simulator.engine import simulate
+from simulator.scenario import Scenario
 
 
 def _fixed(prompt: int, output: int, n: int, arrival: dict | None = None) -> dict:
@@ -281,3 +282,40 @@ def test_random_scenarios_keep_invariants_and_fast_forward_exactness(
     stepped = simulate(s.with_overrides(["engine.fast_forward=false"]))
     pd.testing.assert_frame_equal(req, stepped.requests, check_exact=True)
     pd.testing.assert_frame_equal(r.iterations, stepped.iterations, check_exact=True)
+
+
+def test_trace_replay_and_hf_config_from_a_scenario(tmp_path):
+    trace = tmp_path / "trace.csv"
+    trace.write_text("arrival_s,prompt_tokens,output_tokens\n0.0,100,5\n0.5,50,3\n0.5,20,1\n")
+    config = tmp_path / "model" / "config.json"
+    config.parent.mkdir()
+    config.write_text(
+        '{"architectures": ["LlamaForCausalLM"], "num_hidden_layers": 2, "hidden_size": 256,'
+        ' "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 512,'
+        ' "vocab_size": 1000, "max_position_embeddings": 4096}'
+    )
+    base = tiny_scenario(workload={"kind": "trace", "path": str(trace)},
+                         stop={"num_requests": None})
+    s = Scenario.model_validate({**base.model_dump(), "model": {"hf_config": str(config)}})
+    r = simulate(s)
+    req = r.requests
+    assert list(req.arrival_s) == [0.0, 0.5, 0.5]
+    assert list(req.prompt_tokens) == [100, 50, 20]
+    assert list(req.generated_tokens) == [5, 3, 1]
+    assert (req.status == "finished").all()
+    assert resolve(s).model.name == "model"
+
+
+def test_routing_ahead_skips_rejected_requests():
+    # Rejected requests never reach a replica, so round robin cycles over the accepted.
+    s = tiny_scenario(
+        deployment={"replicas": 3},
+        workload={"kind": "synthetic", "arrival": {"kind": "poisson", "rate_per_s": 100.0},
+                  "prompt_tokens": {"kind": "uniform", "min_tokens": 1, "max_tokens": 3000},
+                  "output_tokens": {"kind": "fixed", "tokens": 1000}},
+        engine={"max_model_len": 2048}, stop={"num_requests": 60},
+    )
+    req = simulate(s).requests
+    accepted = req[req.status != "rejected"]
+    assert (req.replica[req.status == "rejected"] == -1).all()
+    assert list(accepted.replica) == [i % 3 for i in range(len(accepted))]
