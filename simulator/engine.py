@@ -103,9 +103,10 @@ def _open_loop(env: simpy.Environment, cluster: _Cluster, arrival_s: np.ndarray,
                prompt_tokens: np.ndarray, output_tokens: np.ndarray
                ) -> Generator[simpy.Event, Any, None]:
     times = on_grid_array(arrival_s)
-    routes = cluster.route_ahead(times, prompt_tokens, output_tokens)
-    rows = zip(times.tolist(), prompt_tokens.tolist(), output_tokens.tolist(),
-               routes or [None] * len(times), strict=True)
+    ahead = cluster.route_ahead(times, prompt_tokens, output_tokens)
+    routes: list[int | None] = list(ahead) if ahead is not None else [None] * len(times)
+    rows = zip(times.tolist(), prompt_tokens.tolist(), output_tokens.tolist(), routes,
+               strict=True)
     for t, prompt, output, route in rows:
         if t > env.now:
             yield env.timeout(t - env.now)
