@@ -41,6 +41,9 @@ def run_case(name: str) -> dict[str, float]:
     summary = results.summary()
     total_s = time.perf_counter() - start
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # Replica groups may run in worker processes (simulate(workers=None) picks the CPU
+    # count for big oblivious-routing runs); report the largest of them too.
+    worker_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return {
         "case": name,
         "requests": len(results.requests),
@@ -50,6 +53,7 @@ def run_case(name: str) -> dict[str, float]:
         "requests_per_wall_s": round(len(results.requests) / sim_s),
         "iterations_per_wall_s": round(len(results.iterations) / sim_s),
         "peak_rss_mb": round(peak_rss_mb),
+        "worker_peak_rss_mb": round(worker_rss_mb),
         "simulated_s": round(results.info.end_s, 1),
         "ttft_p99_s": round(float(summary["ttft_p99_s"]), 4),
         "mean_decode_batch": round(float(results.iterations.num_decode_seqs.mean()), 1),

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
+import sys
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import simpy
 
 from policies.batching import BATCHING
@@ -26,10 +32,13 @@ _LENGTH_CHUNK = 65536
 
 
 class _Cluster:
-    """Replicas behind a router, and the admission check that rejects impossible requests."""
+    """Replicas behind a router, and the admission check that rejects impossible requests.
+
+    Holds all replicas of the deployment, or a group of them when replica groups run in
+    separate processes (``replica_indices``)."""
 
     def __init__(self, env: simpy.Environment, deployment: Deployment, recorder: Recorder,
-                 on_done: Callable[[Request], None]) -> None:
+                 on_done: Callable[[Request], None], replica_indices: Sequence[int]) -> None:
         scenario = deployment.scenario
         eng = scenario.engine
         self.env = env
@@ -51,9 +60,9 @@ class _Cluster:
                 recorder=recorder,
                 on_done=on_done,
             )
-            for i in range(scenario.deployment.replicas)
+            for i in replica_indices
         ]
-        self._next_id = 0
+        self._by_index = {replica.index: replica for replica in self.replicas}
 
     def _rejection(self, prompt_tokens: int, output_tokens: int) -> str | None:
         total = prompt_tokens + output_tokens
@@ -65,30 +74,11 @@ class _Cluster:
             return f"needs {blocks} KV blocks; the whole cache holds {self.num_kv_blocks}"
         return None
 
-    def rejected(self, prompt_tokens: np.ndarray, output_tokens: np.ndarray) -> np.ndarray:
-        """Vectorised ``_rejection``: which requests will be rejected."""
-        total = prompt_tokens + output_tokens
-        blocks = -(-(total - 1) // self.block_size)
-        return (total > self.max_model_len) | (blocks > self.num_kv_blocks)
-
-    def route_ahead(self, arrival_s: np.ndarray, prompt_tokens: np.ndarray,
-                    output_tokens: np.ndarray) -> list[int] | None:
-        """With an oblivious router, route a whole open-loop workload now and tell each
-        replica its arrivals (so runs need no interrupts). None if the router is not."""
-        assign = getattr(self.router, "assign", None)
-        if assign is None:
-            return None
-        accepted = ~self.rejected(prompt_tokens, output_tokens)
-        routes = np.full(len(arrival_s), -1, dtype=np.int64)
-        routes[accepted] = assign(int(accepted.sum()), len(self.replicas))
-        for replica in self.replicas:
-            replica.expect_arrivals(arrival_s[routes == replica.index])
-        return routes.tolist()
-
-    def arrive(self, prompt_tokens: int, output_tokens: int, route: int | None = None) -> None:
-        """A request arrives now; ``route`` is its replica when routed ahead."""
-        request = Request(self._next_id, self.env.now, prompt_tokens)
-        self._next_id += 1
+    def arrive(self, request_id: int, prompt_tokens: int, output_tokens: int,
+               route: int | None = None) -> None:
+        """A request arrives now; ``route`` is its replica (-1: rejected) when the whole
+        workload was routed ahead, None to ask the router."""
+        request = Request(request_id, self.env.now, prompt_tokens)
         reason = self._rejection(prompt_tokens, output_tokens)
         if reason is not None:
             assert route is None or route < 0
@@ -96,21 +86,43 @@ class _Cluster:
             self.on_done(request)
             return
         index = self.router.route(request, self.replicas) if route is None else route
-        self.replicas[index].submit(request, output_tokens)
+        self._by_index[index].submit(request, output_tokens)
 
 
-def _open_loop(env: simpy.Environment, cluster: _Cluster, arrival_s: np.ndarray,
-               prompt_tokens: np.ndarray, output_tokens: np.ndarray
-               ) -> Generator[simpy.Event, Any, None]:
-    times = on_grid_array(arrival_s)
-    ahead = cluster.route_ahead(times, prompt_tokens, output_tokens)
-    routes: list[int | None] = list(ahead) if ahead is not None else [None] * len(times)
-    rows = zip(times.tolist(), prompt_tokens.tolist(), output_tokens.tolist(), routes,
-               strict=True)
-    for t, prompt, output, route in rows:
+def _rejected(deployment: Deployment, prompt_tokens: np.ndarray,
+              output_tokens: np.ndarray) -> np.ndarray:
+    """Vectorised ``_Cluster._rejection``: which requests will be rejected."""
+    total = prompt_tokens + output_tokens
+    blocks = -(-(total - 1) // deployment.scenario.engine.block_size_tokens)
+    return (total > deployment.max_model_len) | (blocks > deployment.memory.num_kv_blocks)
+
+
+def _route_ahead(deployment: Deployment, prompt_tokens: np.ndarray,
+                 output_tokens: np.ndarray) -> np.ndarray | None:
+    """With an oblivious router (one whose choices depend on arrival order alone), the
+    replica of every request, -1 for those that will be rejected; else None."""
+    router = ROUTING.get(deployment.scenario.engine.routing)()
+    assign = getattr(router, "assign", None)
+    if assign is None:
+        return None
+    accepted = ~_rejected(deployment, prompt_tokens, output_tokens)
+    routes = np.full(len(prompt_tokens), -1, dtype=np.int64)
+    routes[accepted] = assign(int(accepted.sum()), deployment.scenario.deployment.replicas)
+    return routes
+
+
+def _open_loop(env: simpy.Environment, cluster: _Cluster, request_ids: np.ndarray,
+               arrival_s: np.ndarray, prompt_tokens: np.ndarray, output_tokens: np.ndarray,
+               routes: np.ndarray | None) -> Generator[simpy.Event, Any, None]:
+    route_list: list[int | None] = (
+        routes.tolist() if routes is not None else [None] * len(arrival_s)
+    )
+    rows = zip(request_ids.tolist(), arrival_s.tolist(), prompt_tokens.tolist(),
+               output_tokens.tolist(), route_list, strict=True)
+    for request_id, t, prompt, output, route in rows:
         if t > env.now:
             yield env.timeout(t - env.now)
-        cluster.arrive(prompt, output, route)
+        cluster.arrive(request_id, prompt, output, route)
 
 
 class _ClosedLoop:
@@ -156,45 +168,131 @@ class _ClosedLoop:
             self._prompts, self._outputs = prompts.tolist(), outputs.tolist()
             self._prompts.reverse()
             self._outputs.reverse()
+        self.cluster.arrive(self.issued, self._prompts.pop(), self._outputs.pop())
         self.issued += 1
-        self.cluster.arrive(self._prompts.pop(), self._outputs.pop())
 
 
-def simulate(scenario: Scenario) -> Results:
-    """Run ``scenario`` to its stop condition and return its frames and summary.
+@dataclass(frozen=True, slots=True)
+class _GroupRun:
+    """What one group of replicas produced (a whole run, or one worker's share)."""
 
-    Deterministic: the same scenario (seed included) gives identical results. Raises
-    ``ScenarioError`` (a ValueError) when the deployment cannot run, with the numbers.
-    """
-    wall_start = time.perf_counter()  # reported only; simulated time is env.now alone
-    deployment = resolve(scenario)
-    env = simpy.Environment()
-    recorder = Recorder(scenario.deployment.replicas)
-    (workload_seed,) = np.random.SeedSequence(scenario.seed).spawn(1)
-    rng = np.random.default_rng(workload_seed)
-    workload, stop = scenario.workload, scenario.stop
+    requests: pd.DataFrame
+    iterations: pd.DataFrame
+    itl_stall_s: np.ndarray
+    end_s: float
 
-    closed: _ClosedLoop | None = None
-    if isinstance(workload, SyntheticWorkload) and isinstance(workload.arrival, ClosedLoopArrivals):
-        closed = _ClosedLoop(
-            env, workload, workload.arrival, stop.num_requests, stop.duration_s, rng
-        )
-        cluster = _Cluster(env, deployment, recorder, closed.on_done)
-        closed.start(cluster)
-    else:
-        cluster = _Cluster(env, deployment, recorder, lambda _request: None)
-        arrays = open_loop_requests(
-            workload, num_requests=stop.num_requests, duration_s=stop.duration_s, rng=rng
-        )
-        env.process(_open_loop(env, cluster, arrays.arrival_s, arrays.prompt_tokens,
-                               arrays.output_tokens))
 
-    if stop.duration_s is not None:
-        env.run(until=stop.duration_s)
+def _run(env: simpy.Environment, cluster: _Cluster, recorder: Recorder,
+         stop_s: float | None) -> _GroupRun:
+    if stop_s is not None:
+        env.run(until=stop_s)
     else:
         env.run()
     for replica in cluster.replicas:
         replica.record_in_flight()
+        replica.check_invariants()
+    return _GroupRun(
+        recorder.requests_frame(),
+        recorder.iterations_frame([r.index for r in cluster.replicas]),
+        np.sort(np.asarray(recorder.itl_stall_s, dtype=np.float64)),
+        float(env.now),
+    )
+
+
+def _run_open_loop(deployment: Deployment, replica_indices: Sequence[int],
+                   request_ids: np.ndarray, arrival_s: np.ndarray, prompt_tokens: np.ndarray,
+                   output_tokens: np.ndarray, routes: np.ndarray | None) -> _GroupRun:
+    """Simulate ``replica_indices`` fed with these requests (the rejected ones included)."""
+    scenario = deployment.scenario
+    env = simpy.Environment()
+    recorder = Recorder(scenario.deployment.replicas)
+    cluster = _Cluster(env, deployment, recorder, lambda _request: None, replica_indices)
+    if routes is not None:
+        for replica in cluster.replicas:
+            replica.expect_arrivals(arrival_s[routes == replica.index])
+    env.process(_open_loop(env, cluster, request_ids, arrival_s, prompt_tokens, output_tokens,
+                           routes))
+    return _run(env, cluster, recorder, scenario.stop.duration_s)
+
+
+def _run_in_workers(deployment: Deployment, workers: int, arrival_s: np.ndarray,
+                    prompt_tokens: np.ndarray, output_tokens: np.ndarray,
+                    routes: np.ndarray) -> _GroupRun:
+    """Routed ahead, replicas never interact: simulate groups of them in parallel
+    processes and merge. The frames equal a single-process run's (a test holds them)."""
+    groups = np.array_split(np.arange(deployment.scenario.deployment.replicas), workers)
+    tasks = []
+    for g, group in enumerate(groups):
+        # Rejected requests (route -1) are recorded by the first group.
+        mine = np.isin(routes, group) | ((routes < 0) if g == 0 else False)
+        ids = np.flatnonzero(mine)
+        tasks.append((deployment, group.tolist(), ids, arrival_s[ids], prompt_tokens[ids],
+                      output_tokens[ids], routes[ids]))
+    method = "fork" if sys.platform == "linux" else "spawn"
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+        parts = list(pool.map(_run_open_loop, *zip(*tasks, strict=True)))
+    requests = pd.concat([p.requests for p in parts], ignore_index=True)
+    requests = requests.sort_values("request_id", kind="stable", ignore_index=True)
+    return _GroupRun(
+        requests,
+        pd.concat([p.iterations for p in parts], ignore_index=True),
+        np.sort(np.concatenate([p.itl_stall_s for p in parts])),
+        max(p.end_s for p in parts),
+    )
+
+
+PARALLEL_MIN_REQUESTS = 20_000
+"""Below this many requests a run stays in one process (workers cost ~0.1 s to start)."""
+
+
+def _num_workers(workers: int | None, num_replicas: int, num_requests: int) -> int:
+    if workers is None:
+        if num_requests < PARALLEL_MIN_REQUESTS:
+            return 1
+        workers = os.cpu_count() or 1
+    return max(1, min(workers, num_replicas))
+
+
+def simulate(scenario: Scenario, *, workers: int | None = None) -> Results:
+    """Run ``scenario`` to its stop condition and return its frames and summary.
+
+    Deterministic: the same scenario (seed included) gives identical results, whatever
+    ``workers`` is. ``workers`` > 1 simulates groups of replicas in that many processes
+    when routing is oblivious (round robin) and the workload open-loop, where replicas
+    cannot affect each other; None picks the CPU count for runs of at least
+    ``PARALLEL_MIN_REQUESTS`` requests. Raises ``ScenarioError`` (a ValueError) when the
+    deployment cannot run, with the numbers.
+    """
+    wall_start = time.perf_counter()  # reported only; simulated time is env.now alone
+    deployment = resolve(scenario)
+    (workload_seed,) = np.random.SeedSequence(scenario.seed).spawn(1)
+    rng = np.random.default_rng(workload_seed)
+    workload, stop = scenario.workload, scenario.stop
+    all_replicas = range(scenario.deployment.replicas)
+
+    if isinstance(workload, SyntheticWorkload) and isinstance(workload.arrival, ClosedLoopArrivals):
+        env = simpy.Environment()
+        recorder = Recorder(scenario.deployment.replicas)
+        closed = _ClosedLoop(
+            env, workload, workload.arrival, stop.num_requests, stop.duration_s, rng
+        )
+        cluster = _Cluster(env, deployment, recorder, closed.on_done, all_replicas)
+        closed.start(cluster)
+        run = _run(env, cluster, recorder, stop.duration_s)
+    else:
+        arrays = open_loop_requests(
+            workload, num_requests=stop.num_requests, duration_s=stop.duration_s, rng=rng
+        )
+        arrival_s = on_grid_array(arrays.arrival_s)
+        prompts, outputs = arrays.prompt_tokens, arrays.output_tokens
+        routes = _route_ahead(deployment, prompts, outputs)
+        num_workers = _num_workers(workers, len(all_replicas), len(arrival_s))
+        if routes is not None and num_workers > 1:
+            run = _run_in_workers(deployment, num_workers, arrival_s, prompts, outputs, routes)
+        else:
+            ids = np.arange(len(arrival_s))
+            run = _run_open_loop(deployment, all_replicas, ids, arrival_s, prompts, outputs,
+                                 routes)
 
     info = RunInfo(
         accelerator=deployment.accelerator,
@@ -205,13 +303,7 @@ def simulate(scenario: Scenario) -> Results:
         block_size_tokens=scenario.engine.block_size_tokens,
         slo_ttft_s=scenario.slo.ttft_s,
         slo_tpot_s=scenario.slo.tpot_s,
-        end_s=float(env.now),
+        end_s=run.end_s,
         wall_s=time.perf_counter() - wall_start,
     )
-    return Results(
-        scenario,
-        recorder.requests_frame(),
-        recorder.iterations_frame(),
-        info,
-        np.asarray(recorder.itl_stall_s, dtype=np.float64),
-    )
+    return Results(scenario, run.requests, run.iterations, info, run.itl_stall_s)

@@ -7,6 +7,7 @@ fast-forwarded decode run); both append without Python loops over the batch.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -133,8 +134,9 @@ class Recorder:
         df["reject_reason"] = reasons.astype(object).where(reasons.notna(), None)
         return df
 
-    def iterations_frame(self) -> pd.DataFrame:
-        parts = [buffer.columns() for buffer in self.iterations]
+    def iterations_frame(self, replicas: Sequence[int]) -> pd.DataFrame:
+        """Rows of ``replicas`` (in that order), each replica's in iteration order."""
+        parts = [self.iterations[r].columns() for r in replicas]
         return pd.DataFrame(
             {name: np.concatenate([part[name] for part in parts]) for name in ITERATION_COLUMNS}
         )

@@ -90,6 +90,7 @@ class Replica:
         self._slot_active = np.zeros(max_num_seqs, dtype=bool)
 
         self._horizon = MIN_HORIZON
+        self._decode_blocks_in_flight = 0
         self._wakeup: simpy.Event | None = None
         self._interruptible = False
         self._wake_on_arrival = True
@@ -210,7 +211,9 @@ class Replica:
             q.append(tokens)
             ctx.append(request.num_computed_tokens)
         num_decode = self._num_decoding
-        self.num_blocks_used += self.num_decode_blocks_needed()
+        # Decodes' blocks for this step; their requests count them once the step is done.
+        self._decode_blocks_in_flight = self.num_decode_blocks_needed()
+        self.num_blocks_used += self._decode_blocks_in_flight
         assert self.num_blocks_used <= self.num_kv_blocks, "plan over-allocates KV blocks"
         if q:
             attended = float(self._decode_context(1)[0]) if num_decode else 0.0
@@ -224,6 +227,7 @@ class Replica:
             num_decode, self.num_blocks_used, len(plan.preempted), flops, hbm,
         )
         yield self.env.timeout(duration_s)
+        self._decode_blocks_in_flight = 0
         self.iteration += 1
         self._ctx_sum += num_decode
         now = self.env.now
@@ -416,6 +420,7 @@ class Replica:
     def check_invariants(self) -> None:
         """KV accounting and decode totals agree with a from-scratch recount."""
         held = sum(self.num_blocks_held(r) for r in self._running.values())
+        held += self._decode_blocks_in_flight
         assert held == self.num_blocks_used, (held, self.num_blocks_used)
         assert 0 <= self.num_blocks_used <= self.num_kv_blocks
         decoding = [r for r in self._running.values() if r.slot >= 0]

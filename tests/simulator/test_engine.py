@@ -319,3 +319,20 @@ def test_routing_ahead_skips_rejected_requests():
     accepted = req[req.status != "rejected"]
     assert (req.replica[req.status == "rejected"] == -1).all()
     assert list(accepted.replica) == [i % 3 for i in range(len(accepted))]
+
+
+@pytest.mark.parametrize("stop", [{"num_requests": 300}, {"num_requests": None, "duration_s": 3.0}])
+def test_replica_groups_in_worker_processes_give_identical_frames(stop):
+    s = tiny_scenario(
+        deployment={"replicas": 5}, stop=stop,
+        workload={"kind": "synthetic", "arrival": {"kind": "poisson", "rate_per_s": 300.0},
+                  "prompt_tokens": {"kind": "uniform", "min_tokens": 1, "max_tokens": 2500},
+                  "output_tokens": {"kind": "uniform", "min_tokens": 1, "max_tokens": 400}},
+        engine={"max_model_len": 2048},
+    )
+    one, two = simulate(s, workers=1), simulate(s, workers=2)
+    assert (one.requests.status == "rejected").any()
+    pd.testing.assert_frame_equal(one.requests, two.requests, check_exact=True)
+    pd.testing.assert_frame_equal(one.iterations, two.iterations, check_exact=True)
+    np.testing.assert_array_equal(one.itl_stall_s, two.itl_stall_s)
+    assert one.info.end_s == two.info.end_s
