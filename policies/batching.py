@@ -64,55 +64,49 @@ class TokenBudgetBatching:
     def schedule(self, view: ReplicaView) -> IterationPlan:
         block = view.block_size_tokens
         free = view.num_free_blocks
-        preempted: list[Request] = []
-        gone: set[int] = set()
-        victims: Iterator[Request] | None = None
-
-        def preempt_one() -> Request | None:
-            nonlocal free, victims
-            if victims is None:
-                victims = reversed(view.running)  # last admitted first
-            for victim in victims:
-                if victim.request_id not in gone:
-                    gone.add(victim.request_id)
-                    preempted.append(victim)
-                    free += view.num_blocks_held(victim)
-                    return victim
-            return None
+        victims = _Victims(view)
 
         # 1. Decodes: one token each; preempt from the tail until their blocks fit.
         decode_need = view.num_decode_blocks_needed()
         num_decode = view.num_decoding
         while decode_need > free:
-            victim = preempt_one()
+            victim = victims.take()
             assert victim is not None, "decodes need more blocks than the whole cache"
+            free += view.num_blocks_held(victim)
             if view.is_decoding(victim):
                 num_decode -= 1
                 decode_need -= _decode_blocks(view, victim, block)
         free -= decode_need
         budget = self.max_num_batched_tokens - num_decode
 
-        # 2. Running prefills (chunked prompts, recomputes) continue in admission order.
-        plan = IterationPlan(num_decode_seqs=num_decode, preempted=preempted)
+        # 2. Running prefills (chunked prompts, recomputes) continue in admission order;
+        #    a chunk that lacks blocks preempts from the tail, possibly a decode.
+        prefill: list[tuple[Request, int]] = []
         for request in view.prefilling:
-            if request.request_id in gone or budget <= 0:
+            if budget <= 0 or victims.gone(request):
                 continue
             tokens = self._chunk(request, budget)
             if tokens == 0:
                 continue
             need = _blocks_for(request, tokens, block) - view.num_blocks_held(request)
-            while need > free and request.request_id not in gone:
-                if preempt_one() is None:
+            while need > free and not victims.gone(request):
+                victim = victims.take()
+                if victim is None:
                     break
-            if request.request_id in gone or need > free:
+                free += view.num_blocks_held(victim)
+                if view.is_decoding(victim):  # it no longer decodes this iteration
+                    num_decode -= 1
+                    free += _decode_blocks(view, victim, block)
+                    budget += 1
+            if victims.gone(request) or need > free:
                 continue
             free -= need
             budget -= tokens
-            plan.prefill.append((request, tokens))
+            prefill.append((request, tokens))
 
         # 3. Waiting requests, first come first served, only if nobody was preempted.
-        num_running = num_decode + len(plan.prefill)
-        if not preempted:
+        num_running = num_decode + len(prefill)
+        if not victims.preempted:
             for request in view.waiting:
                 if num_running >= self.max_num_seqs or budget <= 0:
                     break
@@ -123,11 +117,37 @@ class TokenBudgetBatching:
                 free -= need
                 budget -= tokens
                 num_running += 1
-                plan.prefill.append((request, tokens))
-        # A newcomer joins the back of the queue: it can only be admitted when the queue
-        # was empty, since FCFS admits nobody past a blocked head.
-        plan.wake_on_arrival = not view.waiting or len(plan.prefill) > 0
-        return plan
+                prefill.append((request, tokens))
+        return IterationPlan(
+            num_decode_seqs=num_decode,
+            prefill=prefill,
+            preempted=victims.preempted,
+            # A newcomer joins the back of the queue: it can only be admitted when the
+            # queue was empty, since FCFS admits nobody past a blocked head.
+            wake_on_arrival=not view.waiting or len(prefill) > 0,
+        )
+
+
+class _Victims:
+    """Running requests in preemption order (last admitted first), taken one by one."""
+
+    def __init__(self, view: ReplicaView) -> None:
+        self._view = view
+        self._order: Iterator[Request] | None = None
+        self.preempted: list[Request] = []
+        self._ids: set[int] = set()
+
+    def take(self) -> Request | None:
+        if self._order is None:
+            self._order = reversed(self._view.running)
+        victim = next(self._order, None)
+        if victim is not None:
+            self.preempted.append(victim)
+            self._ids.add(victim.request_id)
+        return victim
+
+    def gone(self, request: Request) -> bool:
+        return request.request_id in self._ids
 
 
 def _blocks_for(request: Request, tokens: int, block: int) -> int:

@@ -336,3 +336,27 @@ def test_replica_groups_in_worker_processes_give_identical_frames(stop):
     pd.testing.assert_frame_equal(one.iterations, two.iterations, check_exact=True)
     np.testing.assert_array_equal(one.itl_stall_s, two.itl_stall_s)
     assert one.info.end_s == two.info.end_s
+
+
+def test_a_chunk_short_of_blocks_preempts_a_later_decoding_request(tmp_path):
+    # A (800-token prompt) is admitted first and prefills 32 tokens an iteration; seven
+    # short requests admitted after it are already decoding. When the cache (60 blocks)
+    # runs out, A's next chunk preempts the most recently admitted request, a decoding
+    # one, as vLLM does; that decode must then leave the iteration.
+    rows = ["0.0,800,10"] + ["0.0001,4,300"] * 7
+    trace = tmp_path / "t.csv"
+    trace.write_text("arrival_s,prompt_tokens,output_tokens\n" + "\n".join(rows) + "\n")
+    s = tiny_scenario(
+        hardware={"accelerator": {**tiny_scenario().hardware.accelerator.model_dump(),
+                                  "memory_gib": 0.0045}},
+        engine={"max_num_batched_tokens": 64, "max_num_seqs": 16,
+                "long_prefill_token_threshold": 32, "gpu_memory_utilization_frac": 1.0},
+        workload={"kind": "trace", "path": str(trace)}, stop={"num_requests": None},
+    )
+    r = simulate(s)
+    req = r.requests
+    assert req.num_preemptions.iloc[1:].sum() > 0 and req.num_preemptions.iloc[0] == 0
+    assert (req.status == "finished").all()
+    _assert_invariants(r, resolve(s).memory.num_kv_blocks)
+    stepped = simulate(s.with_overrides(["engine.fast_forward=false"]))
+    pd.testing.assert_frame_equal(r.iterations, stepped.iterations, check_exact=True)
