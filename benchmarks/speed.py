@@ -24,7 +24,7 @@ CASES = {
 }
 
 
-def run_case(name: str) -> dict[str, float]:
+def run_case(name: str, workers: int | None) -> dict[str, object]:
     from simulator import Scenario, simulate
 
     case = CASES[name]
@@ -36,7 +36,7 @@ def run_case(name: str) -> dict[str, float]:
         ]
     )
     start = time.perf_counter()
-    results = simulate(scenario)
+    results = simulate(scenario, workers=workers)
     sim_s = time.perf_counter() - start
     summary = results.summary()
     total_s = time.perf_counter() - start
@@ -46,6 +46,7 @@ def run_case(name: str) -> dict[str, float]:
     worker_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return {
         "case": name,
+        "workers": "auto" if workers is None else workers,
         "requests": len(results.requests),
         "iterations": len(results.iterations),
         "simulate_wall_s": round(sim_s, 2),
@@ -63,16 +64,19 @@ def run_case(name: str) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--case", choices=sorted(CASES), action="append")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes for replica groups (default: auto, the CPU count)")
     parser.add_argument("--inline", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     names = args.case or list(CASES)
     if args.inline:
         for name in names:
-            print(json.dumps(run_case(name)))
+            print(json.dumps(run_case(name, args.workers)))
         return
     for name in names:
         out = subprocess.run(
-            [sys.executable, __file__, "--inline", "--case", name],
+            [sys.executable, __file__, "--inline", "--case", name]
+            + ([] if args.workers is None else ["--workers", str(args.workers)]),
             check=True, capture_output=True, text=True,
         )
         row = json.loads(out.stdout.strip().splitlines()[-1])

@@ -250,20 +250,20 @@ class Replica:
         # Blocks allocated per iteration: the phase histogram read cyclically from it0.
         iterations = np.arange(it0, it0 + k)
         new_blocks = self._block_phase[iterations % self._block]
-        blocks_used = np.cumsum(new_blocks)
+        blocks_used = new_blocks.cumsum()
         blocks_used += self.num_blocks_used
         # Every decoding request sits in one bin, so k iterations add at most
         # n * ceil(k / block) blocks; search only when that could overflow the cache.
         if n * -(-k // self._block) > self.num_kv_blocks - self.num_blocks_used:
-            k = min(k, int(np.searchsorted(blocks_used, self.num_kv_blocks, side="right")))
+            k = min(k, int(blocks_used.searchsorted(self.num_kv_blocks, side="right")))
         assert k >= 1, "the policy planned decodes whose blocks do not fit"
         seconds, flops, hbm = self.cost.decode_run(n, self._decode_context(k))
         durations = on_grid_array(seconds)
-        ends = np.cumsum(durations)
+        ends = durations.cumsum()
         ends += start_s  # every partial sum is exact on the grid, so order is free
         if self.stop_s is not None:
             # Iterations ending at or after the stop never complete, as when stepping.
-            k = max(1, min(k, int(np.searchsorted(ends[:k], self.stop_s, side="left"))))
+            k = max(1, min(k, int(ends[:k].searchsorted(self.stop_s, side="left"))))
         known = self._known_arrivals_s
         if known is not None:
             if (
@@ -439,4 +439,4 @@ def _started_by(ends: np.ndarray, k: int, t: float) -> int:
     """How many of a run's first ``k`` iterations (ending at ``ends``) have started by
     time ``t``: those run as planned when a request arrives at ``t``; the next plan
     starts when the last of them ends."""
-    return 1 + int(np.searchsorted(ends[: k - 1], t, side="right"))
+    return 1 + int(ends[: k - 1].searchsorted(t, side="right"))
