@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -56,6 +57,9 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_scenario(args: argparse.Namespace, console: Console) -> int:
+    if args.schema:
+        sys.stdout.write(json.dumps(Scenario.model_json_schema(), indent=2) + "\n")
+        return 0
     scenario = _load(args.scenario, args.set)
     deployment = resolve(scenario)
     sys.stdout.write(scenario.to_yaml())
@@ -110,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
     show = sub.add_parser("scenario", help="print a scenario with every default filled in")
     scenario_args(show)
+    show.add_argument("--schema", action="store_true",
+                      help="print the JSON schema instead: every field, its unit and meaning")
     show.set_defaults(func=_cmd_scenario)
     sub.add_parser("models", help="list the model catalog").set_defaults(func=_cmd_models)
     sub.add_parser("hardware", help="list the accelerator catalog").set_defaults(

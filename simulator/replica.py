@@ -140,10 +140,6 @@ class Replica:
             return math.ceil(self.num_computed(request) / self._block)
         return request.num_blocks
 
-    @property
-    def num_running(self) -> int:
-        return len(self._running)
-
     # ---- arrivals ----
 
     def expect_arrivals(self, arrival_s: np.ndarray) -> None:

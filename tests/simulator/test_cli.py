@@ -63,3 +63,11 @@ def test_catalog_listings(capsys):
     assert "llama-3.1-70b" in capsys.readouterr().out
     assert main(["hardware"]) == 0
     assert "h100-sxm" in capsys.readouterr().out
+
+
+def test_schema_describes_every_engine_field(capsys):
+    assert main(["scenario", "--schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    engine = schema["$defs"]["EngineConfig"]["properties"]
+    assert engine["max_num_seqs"]["description"]
+    assert all(field.get("description") for field in engine.values())
