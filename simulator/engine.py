@@ -19,7 +19,7 @@ import simpy
 from policies.batching import BATCHING
 from policies.routing import ROUTING
 from simulator.clock import on_grid, on_grid_array
-from simulator.deployment import Deployment, resolve
+from simulator.deployment import Deployment, ScenarioError, resolve
 from simulator.recorder import Recorder
 from simulator.replica import Replica
 from simulator.request import Request
@@ -29,6 +29,8 @@ from workloads.config import ClosedLoopArrivals, SyntheticWorkload
 from workloads.generate import open_loop_requests
 
 _LENGTH_CHUNK = 65536
+MAX_REJECTED_IN_A_ROW = 100_000
+"""A closed loop whose every request is rejected would spin at one instant forever."""
 
 
 class _Cluster:
@@ -143,6 +145,9 @@ class _ClosedLoop:
         self.cluster: _Cluster | None = None
         self._prompts: list[int] = []
         self._outputs: list[int] = []
+        self._pending = 0  # next requests owed to clients with no think time
+        self._issuing = False
+        self._rejected_in_a_row = 0
 
     def start(self, cluster: _Cluster) -> None:
         self.cluster = cluster
@@ -150,10 +155,28 @@ class _ClosedLoop:
             self._issue()
 
     def on_done(self, request: Request) -> None:
+        """A client's request finished or was rejected: it sends the next one after its
+        think time. Never recursive: a rejection happens inside ``arrive``."""
+        if request.replica < 0:
+            self._rejected_in_a_row += 1
+            if self._rejected_in_a_row > MAX_REJECTED_IN_A_ROW:
+                raise ScenarioError(
+                    f"closed-loop clients: {MAX_REJECTED_IN_A_ROW} requests in a row were "
+                    f"rejected (longer than max_model_len or the whole KV cache), so the run "
+                    f"would never advance; cap the workload's lengths or raise the limits"
+                )
+        else:
+            self._rejected_in_a_row = 0
         if self.think_s > 0:
             self.env.timeout(self.think_s).callbacks.append(lambda _event: self._issue())
-        else:
-            self._issue()
+            return
+        self._pending += 1
+        if not self._issuing:
+            self._issuing = True
+            while self._pending:
+                self._pending -= 1
+                self._issue()
+            self._issuing = False
 
     def _issue(self) -> None:
         assert self.cluster is not None
@@ -168,8 +191,9 @@ class _ClosedLoop:
             self._prompts, self._outputs = prompts.tolist(), outputs.tolist()
             self._prompts.reverse()
             self._outputs.reverse()
-        self.cluster.arrive(self.issued, self._prompts.pop(), self._outputs.pop())
+        request_id = self.issued
         self.issued += 1
+        self.cluster.arrive(request_id, self._prompts.pop(), self._outputs.pop())
 
 
 @dataclass(frozen=True, slots=True)

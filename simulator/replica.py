@@ -218,11 +218,13 @@ class Replica:
         else:  # decode-only but not repeatable: price exactly as a run of one would be
             secs, fl, hb = self.cost.decode_run(num_decode, self._decode_context(1))
             duration_s, flops, hbm = float(on_grid_array(secs)[0]), float(fl[0]), float(hb[0])
+        blocks_used = self.num_blocks_used
+        yield self.env.timeout(duration_s)
+        # Recorded once done: an iteration cut off by the stop never completed.
         self._iterations.append(
             self.index, self.iteration, start_s, duration_s, sum(q), len(q),
-            num_decode, self.num_blocks_used, len(plan.preempted), flops, hbm,
+            num_decode, blocks_used, len(plan.preempted), flops, hbm,
         )
-        yield self.env.timeout(duration_s)
         self._decode_blocks_in_flight = 0
         self.iteration += 1
         self._ctx_sum += num_decode

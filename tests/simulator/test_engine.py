@@ -191,11 +191,13 @@ def test_duration_stop_reports_in_flight():
     s = tiny_scenario(stop={"num_requests": None, "duration_s": 2.0},
                       workload=_fixed(100, 2000, 0, {"kind": "poisson", "rate_per_s": 20.0}),
                       engine={"max_model_len": 4096})
-    r = simulate(s)
-    assert (r.requests.status == "in_flight").any()
-    assert r.requests.arrival_s.max() < 2.0
-    assert r.info.end_s == 2.0
-    assert (r.iterations.start_s + r.iterations.duration_s < 2.0).all()
+    for fast_forward in (True, False):
+        r = simulate(s.with_overrides([f"engine.fast_forward={fast_forward}"]))
+        assert (r.requests.status == "in_flight").any()
+        assert r.requests.arrival_s.max() < 2.0
+        assert r.info.end_s == 2.0
+        # Only iterations that completed are rows; the one cut off by the stop is not.
+        assert (r.iterations.start_s + r.iterations.duration_s < 2.0).all()
 
 
 def test_impossible_requests_are_rejected_and_counted():
@@ -360,3 +362,19 @@ def test_a_chunk_short_of_blocks_preempts_a_later_decoding_request(tmp_path):
     _assert_invariants(r, resolve(s).memory.num_kv_blocks)
     stepped = simulate(s.with_overrides(["engine.fast_forward=false"]))
     pd.testing.assert_frame_equal(r.iterations, stepped.iterations, check_exact=True)
+
+
+def test_closed_loop_with_only_impossible_requests_fails_clearly_instead_of_spinning():
+    from simulator.deployment import ScenarioError
+
+    s = tiny_scenario(
+        workload={"kind": "synthetic", "arrival": {"kind": "closed_loop", "concurrency": 4},
+                  "prompt_tokens": {"kind": "fixed", "tokens": 3000},
+                  "output_tokens": {"kind": "fixed", "tokens": 2000}},
+        stop={"num_requests": None, "duration_s": 1.0},
+    )
+    with pytest.raises(ScenarioError, match="rejected"):
+        simulate(s)
+    # With a request count the clients simply run out of requests.
+    r = simulate(s.with_overrides(["stop.num_requests=50", "stop.duration_s=null"]))
+    assert (r.requests.status == "rejected").sum() == 50
