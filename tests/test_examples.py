@@ -1,0 +1,38 @@
+"""examples/ run, and their answers point the way the physics says they should."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
+
+import what_if
+
+
+def test_fp8_kv_doubles_the_cache_and_shortens_queues():
+    table = what_if.fp8_kv(num_requests=120)
+    bf16, fp8 = table.loc["bf16 KV"], table.loc["fp8 KV"]
+    # Half the bytes per token: twice the tokens in the same bytes (block rounding aside).
+    assert fp8.kv_capacity_tokens / bf16.kv_capacity_tokens == pytest.approx(2.0, rel=0.01)
+    # 0.3 req/s of 2k-8k token prompts overflows ~22k tokens of cache but not ~44k.
+    assert fp8.ttft_p50_s < 0.1 * bf16.ttft_p50_s
+    assert fp8.num_preemptions < bf16.num_preemptions
+
+
+def test_chunked_prefill_cuts_the_decode_tail():
+    table = what_if.chunked_prefill(num_requests=150)
+    whole, chunked = table.loc["whole prompts"], table.loc["chunks of 2048"]
+    # Sarathi-Serve (Agrawal et al., OSDI'24): bounding each iteration's prefill work keeps
+    # decodes from stalling behind long prompts, at some cost in TTFT.
+    assert chunked.itl_p99_s < 0.5 * whole.itl_p99_s
+    assert chunked.ttft_p50_s > whole.ttft_p50_s
+
+
+def test_what_if_script_prints_both_answers(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["what_if.py", "--requests", "60"])
+    what_if.main()
+    out = capsys.readouterr().out
+    assert "FP8 KV cache" in out and "Chunked prefill" in out and "itl_p99_s" in out
