@@ -17,6 +17,15 @@ def test_readme_python_example_runs(capsys, monkeypatch):
     assert "ttft_p99_s" in out and "e2e_s" in out and "num_decode_seqs" in out
 
 
+def test_readme_python_api_example_runs(capsys, monkeypatch):
+    monkeypatch.chdir(README.parent)
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    assert len(blocks) >= 2
+    exec(compile(blocks[1], "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "goodput_requests_per_s" in out and "attention_prefill" in out
+
+
 def test_readme_commands_are_the_ci_commands():
     ci = (README.parent / ".ci" / "run").read_text()
     test_command = 'pip install torch==2.13.0 -e ".[dev]" && python -m pytest'
