@@ -12,20 +12,13 @@ run a few of these; this runs many, for changes to the engine.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "simulator")]
-
-from conftest import TINY_DEVICE, tiny_scenario  # noqa: E402
-from test_engine import _assert_invariants  # noqa: E402
-
-from simulator.deployment import ScenarioError, resolve  # noqa: E402
-from simulator.engine import simulate  # noqa: E402
+from simulator.conformance import TINY_DEVICE, check_results, tiny_scenario
+from simulator.deployment import ScenarioError, resolve
+from simulator.engine import simulate
 
 
 def random_scenario(rng: np.random.Generator):  # type: ignore[no-untyped-def]
@@ -78,7 +71,7 @@ def main() -> None:
         except (ScenarioError, ValueError):
             continue  # a random deployment that does not fit its tiny device
         fast = simulate(scenario)
-        _assert_invariants(fast, capacity)
+        check_results(fast, capacity)
         others = [simulate(scenario.with_overrides(["engine.fast_forward=false"]))]
         if scenario.deployment.replicas > 1 and scenario.workload.arrival.kind != "closed_loop":
             others.append(simulate(scenario, workers=2))

@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Protocol
 
 from policies.registry import Registry
-from simulator.plan import BatchingPolicy, IterationPlan, ReplicaView
+from simulator.plan import BatchingPolicy, EngineLimits, IterationPlan, PolicyParams, ReplicaView
 from simulator.request import Request
-from simulator.scenario import EngineConfig
 
-
-class BatchingPolicyFactory(Protocol):
-    """What the registry holds: builds a policy from the engine config."""
-
-    def from_engine(self, engine: EngineConfig) -> BatchingPolicy: ...
-
-
-BATCHING: Registry[BatchingPolicyFactory] = Registry("batching")
+BATCHING: Registry[BatchingPolicy] = Registry("batching")
 
 
 @BATCHING.register("token_budget")
@@ -45,12 +36,12 @@ class TokenBudgetBatching:
         self.long_prefill_token_threshold = long_prefill_token_threshold
 
     @classmethod
-    def from_engine(cls, engine: EngineConfig) -> TokenBudgetBatching:
+    def from_config(cls, params: PolicyParams, limits: EngineLimits) -> TokenBudgetBatching:
         return cls(
-            engine.max_num_seqs,
-            engine.max_num_batched_tokens,
-            engine.chunked_prefill,
-            engine.long_prefill_token_threshold,
+            limits.max_num_seqs,
+            limits.max_num_batched_tokens,
+            limits.chunked_prefill,
+            limits.long_prefill_token_threshold,
         )
 
     def _chunk(self, request: Request, budget: int) -> int:

@@ -8,7 +8,7 @@ from typing import Protocol
 import numpy as np
 
 from policies.registry import Registry
-from simulator.plan import ReplicaView
+from simulator.plan import EngineLimits, PolicyParams, ReplicaView
 from simulator.request import Request
 
 
@@ -19,11 +19,7 @@ class RoutingPolicy(Protocol):
         ...
 
 
-class RoutingPolicyFactory(Protocol):
-    def __call__(self) -> RoutingPolicy: ...
-
-
-ROUTING: Registry[RoutingPolicyFactory] = Registry("routing")
+ROUTING: Registry[RoutingPolicy] = Registry("routing")
 
 
 @ROUTING.register("round_robin")
@@ -35,6 +31,10 @@ class RoundRobin:
 
     def __init__(self) -> None:
         self.next_ = 0
+
+    @classmethod
+    def from_config(cls, params: PolicyParams, limits: EngineLimits) -> RoundRobin:
+        return cls()
 
     def route(self, request: Request, replicas: Sequence[ReplicaView]) -> int:
         index = self.next_ % len(replicas)

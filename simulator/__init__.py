@@ -26,6 +26,7 @@ _EXPORTS = {
     "resolve": "simulator.deployment",
     "simulate": "simulator.engine",
     "ModelSpec": "simulator.model",
+    "check_policy": "simulator.conformance",
     "get_model": "simulator.model_catalog",
     "list_models": "simulator.model_catalog",
     "model_from_hf_config": "simulator.model_catalog",
@@ -46,6 +47,7 @@ __all__ = [
     "RunInfo",
     "Scenario",
     "ScenarioError",
+    "check_policy",
     "get_model",
     "list_models",
     "model_from_hf_config",
@@ -55,6 +57,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from simulator.conformance import check_policy
     from simulator.cost import BatchShape, CostModel, IterationCost
     from simulator.deployment import Deployment, MemoryPlan, ScenarioError, resolve
     from simulator.engine import simulate

@@ -49,11 +49,11 @@ class _Cluster:
         self.max_model_len = deployment.max_model_len
         self.num_kv_blocks = deployment.memory.num_kv_blocks
         self.block_size = eng.block_size_tokens
-        self.router = ROUTING.get(eng.routing)()
-        batching_cls = BATCHING.get(eng.batching)
+        limits = eng.limits
+        self.router = ROUTING.build(eng.routing, limits)
         self.replicas = [
             Replica(
-                env, i, deployment.cost, batching_cls.from_engine(eng),
+                env, i, deployment.cost, BATCHING.build(eng.batching, limits),
                 num_kv_blocks=self.num_kv_blocks,
                 block_size_tokens=eng.block_size_tokens,
                 max_num_seqs=eng.max_num_seqs,
@@ -103,7 +103,8 @@ def _route_ahead(deployment: Deployment, prompt_tokens: np.ndarray,
                  output_tokens: np.ndarray) -> np.ndarray | None:
     """With an oblivious router (one whose choices depend on arrival order alone), the
     replica of every request, -1 for those that will be rejected; else None."""
-    router = ROUTING.get(deployment.scenario.engine.routing)()
+    engine = deployment.scenario.engine
+    router = ROUTING.build(engine.routing, engine.limits)
     assign = getattr(router, "assign", None)
     if assign is None:
         return None

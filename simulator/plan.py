@@ -10,7 +10,32 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from simulator.request import Request
+
+
+class PolicyParams(BaseModel):
+    """A policy as a scenario names it: ``kind`` (its registry name) and its own fields.
+
+    Each policy with parameters subclasses this (frozen, unknown fields refused), so a
+    scenario validates its policies' parameters with everything else.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: str = Field(description="Registry name of the policy.")
+
+
+@dataclass(frozen=True, slots=True)
+class EngineLimits:
+    """The engine knobs every policy may read (from the scenario's ``engine`` section)."""
+
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    chunked_prefill: bool
+    long_prefill_token_threshold: int | None
+    block_size_tokens: int
 
 
 @dataclass(slots=True)

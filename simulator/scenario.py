@@ -9,21 +9,46 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    WithJsonSchema,
+    model_validator,
+)
 
 from hardware.efficiency import EfficiencyProfile
 from hardware.spec import AcceleratorSpec
+from policies.batching import BATCHING
+from policies.routing import ROUTING
 from simulator.dtypes import DType
 from simulator.model import ModelSpec
+from simulator.plan import EngineLimits, PolicyParams
 from workloads.config import (
     LogNormalLength,
     PoissonArrivals,
     SyntheticWorkload,
     WorkloadConfig,
 )
+
+# A policy field holds the policy's own parameter model (a PolicyParams subclass, so
+# SerializeAsAny dumps its fields), validated through the registry: installed plug-ins
+# are found by name like the built-ins.
+BatchingParams = Annotated[
+    PolicyParams, BeforeValidator(BATCHING.parse), SerializeAsAny(), WithJsonSchema(
+        {"anyOf": [{"type": "string"}, {"type": "object", "required": ["kind"]}]}
+    )
+]
+RoutingParams = Annotated[
+    PolicyParams, BeforeValidator(ROUTING.parse), SerializeAsAny(), WithJsonSchema(
+        {"anyOf": [{"type": "string"}, {"type": "object", "required": ["kind"]}]}
+    )
+]
 
 
 class _Section(BaseModel):
@@ -89,11 +114,15 @@ class DeploymentConfig(_Section):
 class EngineConfig(_Section):
     """The serving engine's knobs, named as in vLLM where it has them."""
 
-    batching: str = Field(
-        default="token_budget",
-        description="Batching policy (registry name); 'token_budget' is vLLM v1's scheduler.",
+    batching: BatchingParams = Field(
+        default_factory=lambda: BATCHING.parse("token_budget"),
+        description="Batching policy: a registry name, or {kind: name, ...its parameters}; "
+        "'token_budget' is vLLM v1's scheduler.",
     )
-    routing: str = Field(default="round_robin", description="Routing policy across replicas.")
+    routing: RoutingParams = Field(
+        default_factory=lambda: ROUTING.parse("round_robin"),
+        description="Routing policy across replicas: a name or {kind: name, ...}.",
+    )
     max_num_seqs: int = Field(default=256, gt=0, description="Most sequences in one iteration.")
     max_num_batched_tokens: int = Field(
         default=8192, gt=0, description="Token budget of one iteration (prefill + decode tokens)."
@@ -135,6 +164,17 @@ class EngineConfig(_Section):
         description="Advance runs of identical decode iterations in one event (exact; "
         "false steps every iteration, for testing).",
     )
+
+    @property
+    def limits(self) -> EngineLimits:
+        """The knobs every policy may read."""
+        return EngineLimits(
+            max_num_seqs=self.max_num_seqs,
+            max_num_batched_tokens=self.max_num_batched_tokens,
+            chunked_prefill=self.chunked_prefill,
+            long_prefill_token_threshold=self.long_prefill_token_threshold,
+            block_size_tokens=self.block_size_tokens,
+        )
 
     @model_validator(mode="after")
     def _check_budget(self) -> EngineConfig:

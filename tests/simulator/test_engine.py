@@ -9,6 +9,7 @@ from conftest import tiny_scenario
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from simulator.conformance import check_results
 from simulator.cost import BatchShape
 from simulator.deployment import resolve
 from simulator.engine import simulate
@@ -112,27 +113,7 @@ def test_same_seed_identical_other_seed_different():
 
 
 def _assert_invariants(results, capacity_blocks: int) -> None:
-    req, it = results.requests, results.iterations
-    assert req.request_id.is_unique
-    assert set(req.status.unique()) <= {"finished", "rejected", "in_flight"}
-    done = req[req.status == "finished"]
-    assert (done.generated_tokens == done.output_tokens).all()
-    live = req[req.status == "in_flight"]
-    assert (live.generated_tokens < live.output_tokens).all()
-    ordered = done[["arrival_s", "first_scheduled_s", "first_token_s", "finish_s"]].to_numpy()
-    assert (np.diff(ordered, axis=1) >= 0).all()
-    assert (it.kv_blocks_used <= capacity_blocks).all()
-    assert (it.kv_blocks_used >= 0).all()
-    # Tokens conserved: every generated token came from a prefill completion or a decode.
-    emitted_by_prefill = (req.first_token_s.notna()).sum() + req.num_preemptions.sum()
-    # (a preempted request re-emits one token at the end of its recompute; counted above
-    # as an upper bound, as a preemption may hit a request still in its first prefill)
-    decoded = it.num_decode_seqs.sum()
-    assert req.generated_tokens.sum() <= decoded + emitted_by_prefill
-    assert req.generated_tokens.sum() >= decoded + (req.first_token_s.notna()).sum()
-    for _, group in it.groupby("replica"):
-        starts, ends = group.start_s.to_numpy(), (group.start_s + group.duration_s).to_numpy()
-        assert (starts[1:] >= ends[:-1] - 1e-12).all(), "iterations of a replica overlap"
+    check_results(results, capacity_blocks)
 
 
 def test_preemption_under_kv_pressure_keeps_invariants():
