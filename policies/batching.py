@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
+import numpy as np
+
 from policies.registry import Registry
 from simulator.plan import BatchingPolicy, EngineLimits, IterationPlan, PolicyParams, ReplicaView
 from simulator.request import Request
@@ -36,7 +38,9 @@ class TokenBudgetBatching:
         self.long_prefill_token_threshold = long_prefill_token_threshold
 
     @classmethod
-    def from_config(cls, params: PolicyParams, limits: EngineLimits) -> TokenBudgetBatching:
+    def from_config(
+        cls, params: PolicyParams, limits: EngineLimits, rng: np.random.Generator
+    ) -> TokenBudgetBatching:
         return cls(
             limits.max_num_seqs,
             limits.max_num_batched_tokens,

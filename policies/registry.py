@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Generic, Protocol, TypeVar
 
+import numpy as np
+
 from simulator.plan import EngineLimits, PolicyParams
 
 T = TypeVar("T", covariant=True)
@@ -24,7 +26,7 @@ ENTRY_POINT_GROUP = "servesim.policies"
 class PolicyFactory(Protocol[T]):
     """A policy class: builds itself from its parameters and the engine's limits."""
 
-    def from_config(self, params: Any, limits: EngineLimits) -> T: ...
+    def from_config(self, params: Any, limits: EngineLimits, rng: np.random.Generator) -> T: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +90,10 @@ class Registry(Generic[T]):
             raise ValueError(exc.args[0]) from None
         return entry.params.model_validate(dict(value))
 
-    def build(self, params: PolicyParams, limits: EngineLimits) -> T:
-        """A fresh policy instance for one replica (or one router)."""
-        return self.get(params.kind).from_config(params, limits)
+    def build(self, params: PolicyParams, limits: EngineLimits, rng: np.random.Generator) -> T:
+        """A fresh policy instance for one replica (or one router); ``rng`` is its own
+        random stream, spawned from the scenario's seed."""
+        return self.get(params.kind).from_config(params, limits, rng)
 
     def names(self) -> list[str]:
         return sorted(self._entries)

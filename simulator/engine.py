@@ -50,10 +50,13 @@ class _Cluster:
         self.num_kv_blocks = deployment.memory.num_kv_blocks
         self.block_size = eng.block_size_tokens
         limits = eng.limits
-        self.router = ROUTING.build(eng.routing, limits)
+        seeds = np.random.SeedSequence(scenario.seed).spawn(3)
+        self.router = ROUTING.build(eng.routing, limits, np.random.default_rng(seeds[1]))
+        batching_seeds = seeds[2].spawn(scenario.deployment.replicas)
         self.replicas = [
             Replica(
-                env, i, deployment.cost, BATCHING.build(eng.batching, limits),
+                env, i, deployment.cost,
+                BATCHING.build(eng.batching, limits, np.random.default_rng(batching_seeds[i])),
                 num_kv_blocks=self.num_kv_blocks,
                 block_size_tokens=eng.block_size_tokens,
                 max_num_seqs=eng.max_num_seqs,
@@ -103,14 +106,16 @@ def _route_ahead(deployment: Deployment, prompt_tokens: np.ndarray,
                  output_tokens: np.ndarray) -> np.ndarray | None:
     """With an oblivious router (one whose choices depend on arrival order alone), the
     replica of every request, -1 for those that will be rejected; else None."""
-    engine = deployment.scenario.engine
-    router = ROUTING.build(engine.routing, engine.limits)
+    scenario = deployment.scenario
+    routing_seed = np.random.SeedSequence(scenario.seed).spawn(3)[1]
+    router = ROUTING.build(scenario.engine.routing, scenario.engine.limits,
+                           np.random.default_rng(routing_seed))
     assign = getattr(router, "assign", None)
     if assign is None:
         return None
     accepted = ~_rejected(deployment, prompt_tokens, output_tokens)
     routes = np.full(len(prompt_tokens), -1, dtype=np.int64)
-    routes[accepted] = assign(int(accepted.sum()), deployment.scenario.deployment.replicas)
+    routes[accepted] = assign(int(accepted.sum()), scenario.deployment.replicas)
     return routes
 
 
@@ -290,7 +295,8 @@ def simulate(scenario: Scenario, *, workers: int | None = None) -> Results:
     """
     wall_start = time.perf_counter()  # reported only; simulated time is env.now alone
     deployment = resolve(scenario)
-    (workload_seed,) = np.random.SeedSequence(scenario.seed).spawn(1)
+    # Streams: [0] workload, [1] routing, [2] batching (one child per replica).
+    workload_seed = np.random.SeedSequence(scenario.seed).spawn(3)[0]
     rng = np.random.default_rng(workload_seed)
     workload, stop = scenario.workload, scenario.stop
     all_replicas = range(scenario.deployment.replicas)

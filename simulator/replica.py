@@ -78,6 +78,7 @@ class Replica:
         self._running: dict[int, Request] = {}  # admission order
         self._prefilling: dict[int, Request] = {}  # subset of running, admission order
         self._targets: dict[int, int] = {}  # true output lengths, hidden from policies
+        self._outstanding_prompt_tokens = 0
         self.iteration = 0
         self.num_blocks_used = 0
         self._num_decoding = 0
@@ -135,6 +136,20 @@ class Replica:
             return request.num_computed_tokens + self.iteration - request.decode_it0
         return request.num_computed_tokens
 
+    # ---- ReplicaLoad (what routers read; never changes inside a run) ----
+
+    @property
+    def num_running(self) -> int:
+        return len(self._running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def num_outstanding_prompt_tokens(self) -> int:
+        return self._outstanding_prompt_tokens
+
     def num_blocks_held(self, request: Request) -> int:
         if request.slot >= 0:
             return math.ceil(self.num_computed(request) / self._block)
@@ -153,6 +168,7 @@ class Replica:
         """Queue an arrived request (called by the router at its arrival time)."""
         request.replica = self.index
         self._targets[request.request_id] = output_tokens
+        self._outstanding_prompt_tokens += request.prompt_tokens
         self._waiting.append(request)
         if self._known_arrivals_s is not None:
             assert self._known_arrivals_s[self._next_known] == request.arrival_s
@@ -388,6 +404,7 @@ class Replica:
         self.num_blocks_used -= request.num_blocks
         request.num_blocks = 0
         output_tokens = self._targets.pop(request.request_id)
+        self._outstanding_prompt_tokens -= request.prompt_tokens
         assert request.num_output_tokens == output_tokens
         self.recorder.request_done(request, output_tokens, "finished", now)
         self.on_done(request)

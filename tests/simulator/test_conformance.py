@@ -33,7 +33,7 @@ class FlakyRepeat:
         self.calls_ = 0
 
     @classmethod
-    def from_config(cls, params: PolicyParams, limits: EngineLimits) -> FlakyRepeat:
+    def from_config(cls, params: PolicyParams, limits: EngineLimits, rng) -> FlakyRepeat:
         return cls(TokenBudgetBatching(limits.max_num_seqs, limits.max_num_batched_tokens,
                                        limits.chunked_prefill))
 
