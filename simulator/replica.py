@@ -4,17 +4,18 @@ Its loop reads in one breath: view -> plan -> cost -> ``yield`` -> apply. The re
 is the only writer of its state; the batching policy reads it through the
 ``ReplicaView`` methods below.
 
-Decoding requests are not touched per iteration. Each keeps the iteration at which
-its counts were exact (``decode_it0``); its progress since is the replica's iteration
-counter minus that. What the cost model and the KV check need from them is kept as
-running totals:
+Decoding requests are not touched per iteration. Decodes run all together or not at all
+in an iteration (a prefill-only iteration pauses them), so one counter, ``decode_step``,
+says how many decode steps have run. Each decoding request keeps the step at which its
+counts were exact (``decode_it0``); its progress since is ``decode_step`` minus that.
+What the cost model and the KV check need from them is kept as running totals:
 
 - ``_ctx_sum``: KV tokens cached by decoding requests, all together;
 - ``_block_phase``: a histogram over ``(decode_it0 - computed_at_it0) mod block`` which
-  is constant while a request decodes; at iteration ``it`` exactly the requests in bin
-  ``it mod block`` have a full last block and need a new one. So the blocks a run of
+  is constant while a request decodes; at decode step ``s`` exactly the requests in bin
+  ``s mod block`` have a full last block and need a new one. So the blocks a run of
   decode iterations allocates are a lookup, whatever the batch size.
-- ``_finish_heap``: (iteration of the last token, request id, request).
+- ``_finish_heap``: (decode step of the last token, request id, request).
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class Replica:
         self._targets: dict[int, int] = {}  # true output lengths, hidden from policies
         self._outstanding_prompt_tokens = 0
         self.iteration = 0
+        self.decode_step = 0  # iterations in which the decodes ran
         self.num_blocks_used = 0
         self._num_decoding = 0
         self._ctx_sum = 0
@@ -126,14 +128,14 @@ class Replica:
         return self._block
 
     def num_decode_blocks_needed(self) -> int:
-        return int(self._block_phase[self.iteration % self._block])
+        return int(self._block_phase[self.decode_step % self._block])
 
     def is_decoding(self, request: Request) -> bool:
         return request.slot >= 0
 
     def num_computed(self, request: Request) -> int:
         if request.slot >= 0:
-            return request.num_computed_tokens + self.iteration - request.decode_it0
+            return request.num_computed_tokens + self.decode_step - request.decode_it0
         return request.num_computed_tokens
 
     # ---- ReplicaLoad (what routers read; never changes inside a run) ----
@@ -199,7 +201,7 @@ class Replica:
                     # check_policy reports.)
                     yield from self._sleep()
                 continue
-            assert plan.num_decode_seqs == self._num_decoding, "plan skips decoding requests"
+            assert plan.num_decode_seqs in (0, self._num_decoding), "decodes run all or none"
             if plan.is_decode_only and plan.may_repeat and self.fast_forward:
                 self._wake_on_arrival = plan.wake_on_arrival
                 yield from self._decode_run()
@@ -224,9 +226,9 @@ class Replica:
             request.num_blocks = blocks
             q.append(tokens)
             ctx.append(request.num_computed_tokens)
-        num_decode = self._num_decoding
+        num_decode = plan.num_decode_seqs  # all decoding requests, or 0: paused
         # Decodes' blocks for this step; their requests count them once the step is done.
-        self._decode_blocks_in_flight = self.num_decode_blocks_needed()
+        self._decode_blocks_in_flight = self.num_decode_blocks_needed() if num_decode else 0
         self.num_blocks_used += self._decode_blocks_in_flight
         assert self.num_blocks_used <= self.num_kv_blocks, "plan over-allocates KV blocks"
         if q:
@@ -245,7 +247,9 @@ class Replica:
         )
         self._decode_blocks_in_flight = 0
         self.iteration += 1
-        self._ctx_sum += num_decode
+        if num_decode:
+            self.decode_step += 1
+            self._ctx_sum += num_decode
         now = self.env.now
         for request, tokens in plan.prefill:
             request.num_computed_tokens += tokens
@@ -259,13 +263,13 @@ class Replica:
 
         Written for few numpy calls: this is the simulator's hottest path."""
         start_s = self.env.now
-        it0 = self.iteration
+        step0 = self.decode_step
         n = self._num_decoding
         self._clean_heap()
-        k = min(self._finish_heap[0][0] - it0 + 1, self._horizon)
-        # Blocks allocated per iteration: the phase histogram read cyclically from it0.
-        iterations = np.arange(it0, it0 + k)
-        new_blocks = self._block_phase[iterations % self._block]
+        k = min(self._finish_heap[0][0] - step0 + 1, self._horizon)
+        # Blocks allocated per step: the phase histogram read cyclically from step0.
+        steps = np.arange(step0, step0 + k)
+        new_blocks = self._block_phase[steps % self._block]
         blocks_used = new_blocks.cumsum()
         blocks_used += self.num_blocks_used
         # Every decoding request sits in one bin, so k iterations add at most
@@ -304,10 +308,12 @@ class Replica:
             self._horizon = max(MIN_HORIZON, 4 * k)
         self._interruptible = False
         self._iterations.extend(  # columns as in recorder.ITERATION_COLUMNS
-            k, self.index, iterations[:k], ends[:k] - durations[:k], durations[:k],
+            k, self.index, steps[:k] + (self.iteration - step0), ends[:k] - durations[:k],
+            durations[:k],
             0, 0, n, blocks_used[:k], 0, flops[:k], hbm[:k],
         )
         self.iteration += k
+        self.decode_step += k
         self._ctx_sum += n * k
         self.num_blocks_used = int(blocks_used[k - 1])
         self._finish_decodes(self.env.now)
@@ -323,7 +329,7 @@ class Replica:
         steps = np.arange(1, k + 1, dtype=np.int64)
         total = self._ctx_sum + n * steps
         active = self._slot_active
-        ctx_now = (self._slot_ctx0 + (self.iteration - self._slot_it0))[active]
+        ctx_now = (self._slot_ctx0 + (self.decode_step - self._slot_it0))[active]
         over = np.maximum(0, ctx_now[:, None] + steps[None, :] - self._window)
         return (total - over.sum(axis=0)).astype(np.float64)
 
@@ -352,24 +358,24 @@ class Replica:
             return
         slot = self._free_slots.pop()
         request.slot = slot
-        request.decode_it0 = self.iteration
+        request.decode_it0 = self.decode_step
         ctx = request.num_computed_tokens
         self._slot_ctx0[slot] = ctx
-        self._slot_it0[slot] = self.iteration
+        self._slot_it0[slot] = self.decode_step
         self._slot_active[slot] = True
-        self._block_phase[(self.iteration - ctx) % self._block] += 1
+        self._block_phase[(self.decode_step - ctx) % self._block] += 1
         self._ctx_sum += ctx
         self._num_decoding += 1
-        last_it = self.iteration + (target - request.num_output_tokens) - 1
+        last_it = self.decode_step + (target - request.num_output_tokens) - 1
         request.decode_last_it = last_it
         heapq.heappush(self._finish_heap, (last_it, request.request_id, request))
 
     def _sync(self, request: Request) -> None:
-        """Bring a decoding request's counts up to the current iteration."""
-        steps = self.iteration - request.decode_it0
+        """Bring a decoding request's counts up to the current decode step."""
+        steps = self.decode_step - request.decode_it0
         request.num_output_tokens += steps
         request.num_computed_tokens += steps
-        request.decode_it0 = self.iteration
+        request.decode_it0 = self.decode_step
         request.num_blocks = math.ceil(request.num_computed_tokens / self._block)
 
     def _stop_decoding(self, request: Request) -> None:
@@ -389,7 +395,7 @@ class Replica:
             heapq.heappop(heap)
 
     def _finish_decodes(self, now: float) -> None:
-        last_done = self.iteration - 1
+        last_done = self.decode_step - 1
         heap = self._finish_heap
         while heap and heap[0][0] <= last_done:
             entry = heapq.heappop(heap)

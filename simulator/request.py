@@ -40,10 +40,10 @@ class Request:
     slot: int = -1
     """Index in the replica's decode arrays, -1 when not decoding."""
     decode_last_it: int = -1
-    """Replica iteration that emits this request's last token (while decoding); a heap
+    """Replica decode step that emits this request's last token (while decoding); a heap
     entry with another value is stale (the request was preempted since)."""
     decode_it0: int = 0
-    """Replica iteration at which the counts above were last exact (while decoding)."""
+    """Replica decode step at which the counts above were last exact (while decoding)."""
 
     @property
     def num_known_tokens(self) -> int:
