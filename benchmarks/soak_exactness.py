@@ -2,11 +2,11 @@
 
     python benchmarks/soak_exactness.py --trials 150
 
-For each random scenario (batch limits, chunking, block size, KV pressure, sliding
-windows, Poisson/Gamma/offline/closed-loop arrivals, count or duration stops, 1-3
-replicas) it checks the engine invariants and that fast-forwarded runs, stepped runs
-and (for oblivious routing) worker-process runs give identical frames. The unit tests
-run a few of these; this runs many, for changes to the engine.
+For each random scenario (batching and routing policies, batch limits, chunking, block
+size, KV pressure, sliding windows, Poisson/Gamma/offline/closed-loop arrivals, count or
+duration stops, 1-3 replicas) it checks the engine invariants and that fast-forwarded
+runs, stepped runs and (for oblivious routing) worker-process runs give identical
+frames. The unit tests run a few of these; this runs many, for changes to the engine.
 """
 
 from __future__ import annotations
@@ -33,6 +33,16 @@ def random_scenario(rng: np.random.Generator):  # type: ignore[no-untyped-def]
     if not chunked:
         engine["max_model_len"] = budget
     model = {"sliding_window_tokens": int(rng.integers(8, 200))} if rng.random() < 0.2 else {}
+    engine["batching"] = str(rng.choice(
+        ["token_budget", "orca", "prefill_first", "static", "decode_priority", "sarathi"]
+    ))
+    engine["routing"] = str(rng.choice(
+        ["round_robin", "random", "least_requests", "least_tokens", "power_of_two"]
+    ))
+    if engine["batching"] in ("orca", "prefill_first", "static", "decode_priority"):
+        engine["max_model_len"] = budget  # whole prompts must fit the budget
+    if engine["batching"] == "sarathi":
+        engine["batching"] = {"kind": "sarathi", "token_budget": budget}
     kind = str(rng.choice(["poisson", "gamma", "offline", "closed_loop"]))
     arrival = {
         "poisson": {"kind": "poisson", "rate_per_s": float(rng.uniform(20, 5000))},
@@ -68,12 +78,14 @@ def main() -> None:
         try:
             scenario = random_scenario(rng)
             capacity = resolve(scenario).memory.num_kv_blocks
+            fast = simulate(scenario)
         except (ScenarioError, ValueError):
             continue  # a random deployment that does not fit its tiny device
-        fast = simulate(scenario)
         check_results(fast, capacity)
         others = [simulate(scenario.with_overrides(["engine.fast_forward=false"]))]
-        if scenario.deployment.replicas > 1 and scenario.workload.arrival.kind != "closed_loop":
+        oblivious = scenario.engine.routing.kind in ("round_robin", "random")
+        if (scenario.deployment.replicas > 1 and oblivious
+                and scenario.workload.arrival.kind != "closed_loop"):
             others.append(simulate(scenario, workers=2))
         for other in others:
             pd.testing.assert_frame_equal(fast.requests, other.requests, check_exact=True)

@@ -1,17 +1,154 @@
-"""Batching policies: which requests run in the next iteration, and with how many tokens."""
+"""Batching policies: which requests run in the next iteration, and with how many tokens.
+
+Each policy composes the same few moves on a ``_Planner`` (reserve the decodes' blocks,
+continue running prefills, admit waiting requests, preempt from the tail when blocks run
+out) in the order of the system it is named after.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
+from pydantic import Field
 
 from policies.registry import Registry
 from simulator.plan import BatchingPolicy, EngineLimits, IterationPlan, PolicyParams, ReplicaView
 from simulator.request import Request
 
 BATCHING: Registry[BatchingPolicy] = Registry("batching")
+
+Chunker = Callable[[Request, int], int]
+"""(request, tokens left in the budget) -> tokens to compute this iteration (0: none)."""
+
+
+def _blocks_for(request: Request, tokens: int, block: int) -> int:
+    """Blocks ``request`` holds once ``tokens`` more are computed."""
+    return math.ceil((request.num_computed_tokens + tokens) / block)
+
+
+def _decode_blocks(view: ReplicaView, request: Request) -> int:
+    """Blocks a decoding request needs for its next token (0 or 1)."""
+    return 1 if view.num_blocks_held(request) * view.block_size_tokens <= view.num_computed(
+        request
+    ) else 0
+
+
+def chunker(chunked: bool, threshold: int | None = None) -> Chunker:
+    """Chunked: as many tokens as the budget (and ``threshold``) allow. Whole: the rest of
+    the prompt if it fits the budget, else nothing."""
+
+    def chunk(request: Request, budget: int) -> int:
+        tokens = request.num_tokens_to_compute
+        if chunked:
+            return min(tokens, budget, threshold or tokens)
+        return tokens if tokens <= budget else 0
+
+    return chunk
+
+
+class _Planner:
+    """One iteration's bookkeeping while a policy decides: free blocks, the token budget,
+    and preemption victims (running requests, last admitted first). Reads the view only."""
+
+    def __init__(self, view: ReplicaView, token_budget: int) -> None:
+        self.view = view
+        self.block = view.block_size_tokens
+        self.free = view.num_free_blocks
+        self.budget = token_budget
+        self.num_decode = 0
+        self.prefill: list[tuple[Request, int]] = []
+        self.preempted: list[Request] = []
+        self._gone: set[int] = set()
+        self._victims: Iterator[Request] | None = None
+
+    def gone(self, request: Request) -> bool:
+        return request.request_id in self._gone
+
+    def _take_victim(self) -> Request | None:
+        if self._victims is None:
+            self._victims = reversed(self.view.running)
+        victim = next(self._victims, None)
+        if victim is not None:
+            self.preempted.append(victim)
+            self._gone.add(victim.request_id)
+            self.free += self.view.num_blocks_held(victim)
+            if self.num_decode and self.view.is_decoding(victim):
+                # It no longer decodes this iteration: give back its token and block.
+                self.num_decode -= 1
+                self.budget += 1
+                self.free += _decode_blocks(self.view, victim)
+        return victim
+
+    def reserve_decodes(self) -> None:
+        """Every decoding request computes its token: take the budget and blocks for them,
+        preempting from the tail until the blocks fit (vLLM's recompute preemption)."""
+        view = self.view
+        self.num_decode = view.num_decoding
+        self.budget -= self.num_decode
+        self.free -= view.num_decode_blocks_needed()
+        while self.free < 0:
+            victim = self._take_victim()
+            assert victim is not None, "decodes need more blocks than the whole cache"
+
+    def _fit(self, request: Request, tokens: int) -> bool:
+        """Reserve blocks for ``tokens`` more of ``request``, preempting others from the
+        tail if needed; False if that would preempt ``request`` itself."""
+        need = _blocks_for(request, tokens, self.block) - self.view.num_blocks_held(request)
+        while need > self.free and not self.gone(request):
+            if self._take_victim() is None:
+                return False
+        if self.gone(request) or need > self.free:
+            return False
+        self.free -= need
+        return True
+
+    def continue_prefills(self, chunk: Chunker) -> None:
+        """Running prefills (chunked prompts, recomputes) go on in admission order."""
+        for request in self.view.prefilling:
+            if self.budget <= 0 or self.gone(request):
+                continue
+            tokens = chunk(request, self.budget)
+            if tokens and self._fit(request, tokens):
+                self.budget -= tokens
+                self.prefill.append((request, tokens))
+
+    def admit(self, max_num_seqs: int, chunk: Chunker) -> None:
+        """Waiting requests, first come first served, while sequences, budget and blocks
+        last; nobody is admitted in an iteration that preempted (as vLLM)."""
+        if self.preempted:
+            return
+        num_running = self.view.num_running
+        for request in self.view.waiting:
+            if num_running >= max_num_seqs or self.budget <= 0:
+                break
+            tokens = chunk(request, self.budget)
+            need = _blocks_for(request, tokens, self.block)
+            if tokens == 0 or need > self.free:
+                break
+            self.free -= need
+            self.budget -= tokens
+            num_running += 1
+            self.prefill.append((request, tokens))
+
+    def plan(self, *, may_repeat: bool = True, wake_on_arrival: bool | None = None
+             ) -> IterationPlan:
+        if wake_on_arrival is None:
+            # FCFS: a newcomer joins the back of the queue, so it can only be admitted
+            # when the queue was empty.
+            wake_on_arrival = not self.view.waiting or bool(self.prefill)
+        return IterationPlan(self.num_decode, self.prefill, self.preempted,
+                             may_repeat=may_repeat, wake_on_arrival=wake_on_arrival)
+
+
+def _require_whole_prompts_fit(name: str, limits: EngineLimits) -> None:
+    if limits.max_num_batched_tokens < limits.max_model_len:
+        raise ValueError(
+            f"batching {name!r} computes whole prompts, but engine.max_num_batched_tokens="
+            f"{limits.max_num_batched_tokens} is below max_model_len={limits.max_model_len}:"
+            f" long prompts could never run; raise the budget or lower engine.max_model_len"
+        )
 
 
 @BATCHING.register("token_budget")
@@ -36,6 +173,7 @@ class TokenBudgetBatching:
         self.max_num_batched_tokens = max_num_batched_tokens
         self.chunked_prefill = chunked_prefill
         self.long_prefill_token_threshold = long_prefill_token_threshold
+        self._chunk = chunker(chunked_prefill, long_prefill_token_threshold)
 
     @classmethod
     def from_config(
@@ -48,109 +186,164 @@ class TokenBudgetBatching:
             limits.long_prefill_token_threshold,
         )
 
-    def _chunk(self, request: Request, budget: int) -> int:
-        tokens = request.num_tokens_to_compute
-        if self.chunked_prefill:
-            if self.long_prefill_token_threshold is not None:
-                tokens = min(tokens, self.long_prefill_token_threshold)
-            return min(tokens, budget)
-        return tokens if tokens <= budget else 0
+    def schedule(self, view: ReplicaView) -> IterationPlan:
+        planner = _Planner(view, self.max_num_batched_tokens)
+        planner.reserve_decodes()
+        planner.continue_prefills(self._chunk)
+        planner.admit(self.max_num_seqs, self._chunk)
+        return planner.plan()
+
+
+class SarathiParams(PolicyParams):
+    token_budget: int = Field(
+        default=512, gt=0,
+        description="Tokens per iteration, decodes included (Sarathi-Serve's chunk size).",
+    )
+
+
+@BATCHING.register("sarathi", params=SarathiParams)
+class SarathiBatching(TokenBudgetBatching):
+    """Sarathi-Serve's stall-free batching (Agrawal et al., OSDI'24): decodes first, then
+    prefill chunks fill a small fixed token budget, so a long prompt never stalls the
+    decodes for more than one chunk's time. vLLM v1 adopted the same loop; the difference
+    here is the budget, Sarathi's chunk size, rather than the engine's."""
+
+    @classmethod
+    def from_config(
+        cls, params: PolicyParams, limits: EngineLimits, rng: np.random.Generator
+    ) -> SarathiBatching:
+        assert isinstance(params, SarathiParams)
+        if params.token_budget < limits.max_num_seqs:
+            raise ValueError(
+                f"batching 'sarathi': token_budget={params.token_budget} is below "
+                f"engine.max_num_seqs={limits.max_num_seqs}; every decode needs a token"
+            )
+        return cls(limits.max_num_seqs, params.token_budget, True, None)
+
+
+@BATCHING.register("orca")
+class OrcaBatching(TokenBudgetBatching):
+    """Orca's iteration-level scheduling (Yu et al., OSDI'22): requests join and leave the
+    batch at every iteration, whole prompts batched with the running decodes (selective
+    batching), within the engine's sequence and token limits."""
+
+    @classmethod
+    def from_config(
+        cls, params: PolicyParams, limits: EngineLimits, rng: np.random.Generator
+    ) -> OrcaBatching:
+        _require_whole_prompts_fit("orca", limits)
+        return cls(limits.max_num_seqs, limits.max_num_batched_tokens, False, None)
+
+
+class _WholePrompts:
+    """Shared by the parameterless policies that compute whole prompts."""
+
+    policy_name = ""
+
+    def __init__(self, max_num_seqs: int, max_num_batched_tokens: int) -> None:
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self._whole = chunker(False)
+
+    @classmethod
+    def from_config(
+        cls, params: PolicyParams, limits: EngineLimits, rng: np.random.Generator
+    ) -> _WholePrompts:
+        _require_whole_prompts_fit(cls.policy_name, limits)
+        return cls(limits.max_num_seqs, limits.max_num_batched_tokens)
+
+
+@BATCHING.register("prefill_first")
+class PrefillFirstBatching(_WholePrompts):
+    """vLLM v0's default scheduler (before chunked prefill): whenever waiting requests can
+    be admitted, the iteration prefills them alone (whole prompts) and the running decodes
+    pause; otherwise every running request decodes. Good for throughput; long prompts
+    stall decodes (the tail TPOT that chunked prefill removes)."""
+
+    policy_name = "prefill_first"
 
     def schedule(self, view: ReplicaView) -> IterationPlan:
-        block = view.block_size_tokens
-        free = view.num_free_blocks
-        victims = _Victims(view)
-
-        # 1. Decodes: one token each; preempt from the tail until their blocks fit.
-        decode_need = view.num_decode_blocks_needed()
-        num_decode = view.num_decoding
-        while decode_need > free:
-            victim = victims.take()
-            assert victim is not None, "decodes need more blocks than the whole cache"
-            free += view.num_blocks_held(victim)
-            if view.is_decoding(victim):
-                num_decode -= 1
-                decode_need -= _decode_blocks(view, victim, block)
-        free -= decode_need
-        budget = self.max_num_batched_tokens - num_decode
-
-        # 2. Running prefills (chunked prompts, recomputes) continue in admission order;
-        #    a chunk that lacks blocks preempts from the tail, possibly a decode.
-        prefill: list[tuple[Request, int]] = []
-        for request in view.prefilling:
-            if budget <= 0 or victims.gone(request):
-                continue
-            tokens = self._chunk(request, budget)
-            if tokens == 0:
-                continue
-            need = _blocks_for(request, tokens, block) - view.num_blocks_held(request)
-            while need > free and not victims.gone(request):
-                victim = victims.take()
-                if victim is None:
-                    break
-                free += view.num_blocks_held(victim)
-                if view.is_decoding(victim):  # it no longer decodes this iteration
-                    num_decode -= 1
-                    free += _decode_blocks(view, victim, block)
-                    budget += 1
-            if victims.gone(request) or need > free:
-                continue
-            free -= need
-            budget -= tokens
-            prefill.append((request, tokens))
-
-        # 3. Waiting requests, first come first served, only if nobody was preempted.
-        num_running = num_decode + len(prefill)
-        if not victims.preempted:
-            for request in view.waiting:
-                if num_running >= self.max_num_seqs or budget <= 0:
-                    break
-                tokens = self._chunk(request, budget)
-                need = _blocks_for(request, tokens, block)
-                if tokens == 0 or need > free:
-                    break
-                free -= need
-                budget -= tokens
-                num_running += 1
-                prefill.append((request, tokens))
-        return IterationPlan(
-            num_decode_seqs=num_decode,
-            prefill=prefill,
-            preempted=victims.preempted,
-            # A newcomer joins the back of the queue: it can only be admitted when the
-            # queue was empty, since FCFS admits nobody past a blocked head.
-            wake_on_arrival=not view.waiting or len(prefill) > 0,
-        )
+        prefills = _Planner(view, self.max_num_batched_tokens)
+        prefills.continue_prefills(self._whole)  # recomputes left by a preemption
+        prefills.admit(self.max_num_seqs, self._whole)
+        if prefills.prefill:
+            return prefills.plan()
+        decodes = _Planner(view, self.max_num_batched_tokens)
+        decodes.reserve_decodes()
+        return decodes.plan()
 
 
-class _Victims:
-    """Running requests in preemption order (last admitted first), taken one by one."""
+@BATCHING.register("static")
+class StaticBatching(_WholePrompts):
+    """Request-level static batching (FasterTransformer, early TGI): when the replica is
+    empty, a batch of waiting requests is prefilled (whole prompts, within the limits);
+    it then decodes until its last member finishes, and nobody joins meanwhile."""
 
-    def __init__(self, view: ReplicaView) -> None:
-        self._view = view
-        self._order: Iterator[Request] | None = None
-        self.preempted: list[Request] = []
-        self._ids: set[int] = set()
+    policy_name = "static"
 
-    def take(self) -> Request | None:
-        if self._order is None:
-            self._order = reversed(self._view.running)
-        victim = next(self._order, None)
-        if victim is not None:
-            self.preempted.append(victim)
-            self._ids.add(victim.request_id)
-        return victim
-
-    def gone(self, request: Request) -> bool:
-        return request.request_id in self._ids
+    def schedule(self, view: ReplicaView) -> IterationPlan:
+        planner = _Planner(view, self.max_num_batched_tokens)
+        if view.num_running == 0:
+            planner.admit(self.max_num_seqs, self._whole)
+            return planner.plan()
+        planner.continue_prefills(self._whole)  # a member preempted and resumed
+        if planner.prefill:
+            return planner.plan(wake_on_arrival=False)
+        planner.reserve_decodes()
+        return planner.plan(wake_on_arrival=False)
 
 
-def _blocks_for(request: Request, tokens: int, block: int) -> int:
-    """Blocks ``request`` holds once ``tokens`` more are computed."""
-    return math.ceil((request.num_computed_tokens + tokens) / block)
+class DecodePriorityParams(PolicyParams):
+    waiting_served_ratio: float = Field(
+        default=1.2, gt=0,
+        description="Prefill new requests once waiting >= ratio x decoding requests.",
+    )
+    max_waiting_tokens: int = Field(
+        default=20, gt=0,
+        description="...or once this many decode steps ran since the last prefill.",
+    )
 
 
-def _decode_blocks(view: ReplicaView, request: Request, block: int) -> int:
-    """Blocks a decoding request needs for its next token (0 or 1)."""
-    held = view.num_blocks_held(request)
-    return 1 if held * block <= view.num_computed(request) else 0
+@BATCHING.register("decode_priority", params=DecodePriorityParams)
+class DecodePriorityBatching:
+    """Decodes first, new prefills in bursts, as Hugging Face TGI's router batches: the
+    running batch keeps decoding and waiting requests are prefilled (pausing the decodes
+    for that iteration) only when enough are waiting relative to the batch
+    (``waiting_served_ratio``) or when they have waited ``max_waiting_tokens`` decode
+    steps; an idle replica admits at once."""
+
+    def __init__(self, max_num_seqs: int, max_num_batched_tokens: int,
+                 waiting_served_ratio: float, max_waiting_tokens: int) -> None:
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.waiting_served_ratio = waiting_served_ratio
+        self.max_waiting_tokens = max_waiting_tokens
+        self._whole = chunker(False)
+        self.last_prefill_step_ = 0
+
+    @classmethod
+    def from_config(
+        cls, params: PolicyParams, limits: EngineLimits, rng: np.random.Generator
+    ) -> DecodePriorityBatching:
+        assert isinstance(params, DecodePriorityParams)
+        _require_whole_prompts_fit("decode_priority", limits)
+        return cls(limits.max_num_seqs, limits.max_num_batched_tokens,
+                   params.waiting_served_ratio, params.max_waiting_tokens)
+
+    def schedule(self, view: ReplicaView) -> IterationPlan:
+        planner = _Planner(view, self.max_num_batched_tokens)
+        planner.continue_prefills(self._whole)  # recomputes left by a preemption
+        waited = view.decode_step - self.last_prefill_step_
+        if (
+            view.num_decoding == 0
+            or len(view.waiting) >= self.waiting_served_ratio * view.num_decoding
+            or waited >= self.max_waiting_tokens
+        ):
+            planner.admit(self.max_num_seqs, self._whole)
+        if planner.prefill:
+            self.last_prefill_step_ = view.decode_step
+            return planner.plan()
+        decodes = _Planner(view, self.max_num_batched_tokens)
+        decodes.reserve_decodes()
+        # With requests waiting, the decision changes as decode steps pass: step.
+        return decodes.plan(may_repeat=not view.waiting)

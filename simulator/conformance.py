@@ -16,6 +16,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from policies.batching import BATCHING
+from policies.routing import ROUTING
 from simulator.deployment import resolve
 from simulator.engine import simulate
 from simulator.results import Results
@@ -103,10 +105,11 @@ def check_results(results: Results, capacity_blocks: int) -> None:
 
 _LOAD = {"kind": "uniform", "min_tokens": 1}
 CONFORMANCE_CASES: dict[str, dict[str, Any]] = {
-    "light load": {},
+    "light load": {"engine": {"max_model_len": 512}},
     "kv pressure": {
-        "hardware": {"accelerator": {**TINY_DEVICE, "memory_gib": 0.006}},
-        "engine": {"gpu_memory_utilization_frac": 1.0, "max_num_batched_tokens": 256},
+        "hardware": {"accelerator": {**TINY_DEVICE, "memory_gib": 0.01}},  # ~110 blocks
+        "engine": {"gpu_memory_utilization_frac": 1.0, "max_num_batched_tokens": 1024,
+                   "max_model_len": 1000},
         "workload": {"kind": "synthetic", "arrival": {"kind": "poisson", "rate_per_s": 2000.0},
                      "prompt_tokens": {**_LOAD, "max_tokens": 600},
                      "output_tokens": {**_LOAD, "max_tokens": 400}},
@@ -119,30 +122,49 @@ CONFORMANCE_CASES: dict[str, dict[str, Any]] = {
         "workload": {"kind": "synthetic", "arrival": {"kind": "offline"},
                      "prompt_tokens": {**_LOAD, "max_tokens": 1500},
                      "output_tokens": {**_LOAD, "max_tokens": 300}},
-        "engine": {"max_model_len": 1500},  # some requests are rejected
+        "engine": {"max_model_len": 1500, "max_num_batched_tokens": 1500},  # some rejected
     },
     "closed loop": {
+        "engine": {"max_model_len": 512},
         "workload": {"kind": "synthetic",
                      "arrival": {"kind": "closed_loop", "concurrency": 9, "think_time_s": 0.002},
                      "prompt_tokens": {**_LOAD, "max_tokens": 300},
                      "output_tokens": {**_LOAD, "max_tokens": 200}},
     },
-    "replicas": {"deployment": {"replicas": 3},
+    "replicas": {"deployment": {"replicas": 3}, "engine": {"max_model_len": 512},
                  "workload": {"kind": "synthetic",
                               "arrival": {"kind": "gamma", "rate_per_s": 400.0, "cv": 3.0},
                               "prompt_tokens": {**_LOAD, "max_tokens": 400},
                               "output_tokens": {**_LOAD, "max_tokens": 200}}},
-    "duration stop": {"stop": {"num_requests": None, "duration_s": 1.5}},
+    "duration stop": {"stop": {"num_requests": None, "duration_s": 1.5},
+                      "engine": {"max_model_len": 512}},
 }
+
+
+MIN_APPLICABLE_CASES = 5
 
 
 def check_policy(kind: Literal["batching", "routing"], policy: str | Mapping[str, Any]) -> None:
     """Run ``policy`` (a registered name, or ``{kind: name, ...params}``) as the
     scenario's ``engine.<kind>`` through ``CONFORMANCE_CASES``; raise AssertionError
-    naming the case and the broken promise."""
+    naming the case and the broken promise.
+
+    A case whose engine limits the policy refuses when it is built (a ValueError from
+    ``from_config``, e.g. whole-prompt batching under a budget below max_model_len) does
+    not apply; at least ``MIN_APPLICABLE_CASES`` must."""
+    registry = BATCHING if kind == "batching" else ROUTING
+    applicable = 0
     for case, sections in CONFORMANCE_CASES.items():
         engine = {**sections.get("engine", {}), kind: policy}
         scenario = tiny_scenario(**{**sections, "engine": engine})
+        deployment = resolve(scenario)
+        try:
+            registry.build(getattr(scenario.engine, kind),
+                           scenario.engine.limits(deployment.max_model_len),
+                           np.random.default_rng(0))
+        except ValueError:
+            continue
+        applicable += 1
         results = simulate(scenario)
         try:
             check_results(results, resolve(scenario).memory.num_kv_blocks)
@@ -156,6 +178,9 @@ def check_policy(kind: Literal["batching", "routing"], policy: str | Mapping[str
                                            "(does the policy's may_repeat hold?)")
         except AssertionError as exc:
             raise AssertionError(f"{kind} policy {policy!r}, case {case!r}: {exc}") from exc
+    assert applicable >= MIN_APPLICABLE_CASES, (
+        f"{kind} policy {policy!r} refused all but {applicable} conformance cases"
+    )
 
 
 def _assert_same(a: Results, b: Results, message: str) -> None:

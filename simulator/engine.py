@@ -49,7 +49,7 @@ class _Cluster:
         self.max_model_len = deployment.max_model_len
         self.num_kv_blocks = deployment.memory.num_kv_blocks
         self.block_size = eng.block_size_tokens
-        limits = eng.limits
+        limits = eng.limits(deployment.max_model_len)
         seeds = np.random.SeedSequence(scenario.seed).spawn(3)
         self.router = ROUTING.build(eng.routing, limits, np.random.default_rng(seeds[1]))
         batching_seeds = seeds[2].spawn(scenario.deployment.replicas)
@@ -108,7 +108,8 @@ def _route_ahead(deployment: Deployment, prompt_tokens: np.ndarray,
     replica of every request, -1 for those that will be rejected; else None."""
     scenario = deployment.scenario
     routing_seed = np.random.SeedSequence(scenario.seed).spawn(3)[1]
-    router = ROUTING.build(scenario.engine.routing, scenario.engine.limits,
+    router = ROUTING.build(scenario.engine.routing,
+                           scenario.engine.limits(deployment.max_model_len),
                            np.random.default_rng(routing_seed))
     assign = getattr(router, "assign", None)
     if assign is None:
@@ -208,7 +209,7 @@ class _GroupRun:
 
     requests: pd.DataFrame
     iterations: pd.DataFrame
-    itl_stall_s: np.ndarray
+    itl_extra_s: np.ndarray
     end_s: float
 
 
@@ -224,7 +225,7 @@ def _run(env: simpy.Environment, cluster: _Cluster, recorder: Recorder,
     return _GroupRun(
         recorder.requests_frame(),
         recorder.iterations_frame([r.index for r in cluster.replicas]),
-        np.sort(np.asarray(recorder.itl_stall_s, dtype=np.float64)),
+        np.sort(np.asarray(recorder.itl_extra_s, dtype=np.float64)),
         float(env.now),
     )
 
@@ -266,7 +267,7 @@ def _run_in_workers(deployment: Deployment, workers: int, arrival_s: np.ndarray,
     return _GroupRun(
         requests,
         pd.concat([p.iterations for p in parts], ignore_index=True),
-        np.sort(np.concatenate([p.itl_stall_s for p in parts])),
+        np.sort(np.concatenate([p.itl_extra_s for p in parts])),
         max(p.end_s for p in parts),
     )
 
@@ -337,4 +338,4 @@ def simulate(scenario: Scenario, *, workers: int | None = None) -> Results:
         end_s=run.end_s,
         wall_s=time.perf_counter() - wall_start,
     )
-    return Results(scenario, run.requests, run.iterations, info, run.itl_stall_s)
+    return Results(scenario, run.requests, run.iterations, info, run.itl_extra_s)

@@ -36,6 +36,8 @@ class EngineLimits:
     chunked_prefill: bool
     long_prefill_token_threshold: int | None
     block_size_tokens: int
+    max_model_len: int
+    """Longest prompt + output the deployment accepts (longer requests are rejected)."""
 
 
 @dataclass(slots=True)
@@ -91,7 +93,15 @@ class ReplicaView(Protocol):
         """Running requests with prompt (or recompute) tokens left, in admission order."""
         ...
     @property
+    def num_running(self) -> int:
+        """Requests admitted and not finished (prefilling or decoding)."""
+        ...
+    @property
     def num_decoding(self) -> int: ...
+    @property
+    def decode_step(self) -> int:
+        """Iterations so far in which the decodes ran (a clock policies may count with)."""
+        ...
     @property
     def num_free_blocks(self) -> int: ...
     @property

@@ -73,6 +73,10 @@ ITERATION_COLUMNS: dict[str, type] = {
     "num_preempted": np.int32,
     "flops": np.float64,
     "hbm_bytes": np.float64,
+    # Inter-token latency of the decodes that also ran in the previous decode step: this
+    # iteration's duration, plus any prefill-only iterations that paused them.
+    "decode_gap_s": np.float64,
+    "num_decode_continuing": np.int32,
 }
 
 REQUEST_STATUSES = ["finished", "rejected", "in_flight"]
@@ -101,7 +105,7 @@ class Recorder:
             }
         )
         self._reject_reasons: dict[int, str] = {}
-        self.itl_stall_s: list[float] = []
+        self.itl_extra_s: list[float] = []  # gaps the iteration rows cannot carry
 
     def request_done(
         self, request: Request, output_tokens: int, status: str, finish_s: float = math.nan

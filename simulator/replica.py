@@ -92,6 +92,10 @@ class Replica:
         self._slot_it0 = np.zeros(max_num_seqs, dtype=np.int64)
         self._slot_active = np.zeros(max_num_seqs, dtype=bool)
 
+        # Inter-token gaps: decodes that ran in the previous decode step share one gap;
+        # requests that joined since keep their own last-token time until they decode.
+        self._last_decode_end_s: float | None = None
+        self._joined_s: dict[int, float] = {}
         self._horizon = MIN_HORIZON
         self._decode_blocks_in_flight = 0
         self._wakeup: simpy.Event | None = None
@@ -241,9 +245,10 @@ class Replica:
         blocks_used = self.num_blocks_used
         yield self.env.timeout(duration_s)
         # Recorded once done: an iteration cut off by the stop never completed.
+        gap_s, continuing = self._decode_gaps(num_decode, self.env.now)
         self._iterations.append(
             self.index, self.iteration, start_s, duration_s, sum(q), len(q),
-            num_decode, blocks_used, len(plan.preempted), flops, hbm,
+            num_decode, blocks_used, len(plan.preempted), flops, hbm, gap_s, continuing,
         )
         self._decode_blocks_in_flight = 0
         self.iteration += 1
@@ -307,10 +312,14 @@ class Replica:
             yield self.env.timeout(ends[k - 1] - now)
             self._horizon = max(MIN_HORIZON, 4 * k)
         self._interruptible = False
+        # Consecutive decode steps: each gap is the step's duration, but the first's.
+        gaps = durations[:k].copy()
+        continuing = np.full(k, n, dtype=np.int64)
+        gaps[0], continuing[0] = self._decode_gaps(n, float(ends[0]))
+        self._last_decode_end_s = float(ends[k - 1])
         self._iterations.extend(  # columns as in recorder.ITERATION_COLUMNS
             k, self.index, steps[:k] + (self.iteration - step0), ends[:k] - durations[:k],
-            durations[:k],
-            0, 0, n, blocks_used[:k], 0, flops[:k], hbm[:k],
+            durations[:k], 0, 0, n, blocks_used[:k], 0, flops[:k], hbm[:k], gaps, continuing,
         )
         self.iteration += k
         self.decode_step += k
@@ -319,6 +328,24 @@ class Replica:
         self._finish_decodes(self.env.now)
 
     # ---- state changes ----
+
+    def _decode_gaps(self, num_decode: int, end_s: float) -> tuple[float, int]:
+        """Inter-token gaps of a decode step ending at ``end_s``: (the gap shared by the
+        decodes that also ran in the previous decode step, how many they are). Requests
+        that joined after a paused step get their own gap, recorded as extra samples."""
+        if not num_decode:
+            return 0.0, 0
+        last = self._last_decode_end_s
+        own = 0
+        for joined_s in self._joined_s.values():
+            if joined_s != last:  # its previous token was not at the last decode step
+                self.recorder.itl_extra_s.append(end_s - joined_s)
+                own += 1
+        self._joined_s.clear()
+        self._last_decode_end_s = end_s
+        if last is None:
+            return 0.0, 0  # nobody decoded before: all of them joined just now
+        return end_s - last, num_decode - own
 
     def _decode_context(self, k: int) -> np.ndarray:
         """KV tokens the decoding requests attend to in each of the next ``k`` iterations
@@ -348,7 +375,7 @@ class Replica:
         if request.num_output_tokens == 0:
             request.first_token_s = now
         else:  # resumed after a preemption: the gap is one long inter-token latency
-            self.recorder.itl_stall_s.append(now - request.last_token_s)
+            self.recorder.itl_extra_s.append(now - request.last_token_s)
         request.num_output_tokens += 1
         request.last_token_s = now
         del self._prefilling[request.request_id]
@@ -358,6 +385,7 @@ class Replica:
             return
         slot = self._free_slots.pop()
         request.slot = slot
+        self._joined_s[request.request_id] = now
         request.decode_it0 = self.decode_step
         ctx = request.num_computed_tokens
         self._slot_ctx0[slot] = ctx
@@ -421,6 +449,7 @@ class Replica:
         for request in victims:
             if request.slot >= 0:
                 self._stop_decoding(request)
+                self._joined_s.pop(request.request_id, None)
                 request.last_token_s = now
             else:
                 del self._prefilling[request.request_id]

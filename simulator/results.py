@@ -101,7 +101,9 @@ class Results:
         scenario: the scenario that was run (opaque here; only ``info`` feeds numbers).
         iterations: one row per iteration per replica, as the engine recorded it.
         info: deployment facts and the stop time (:class:`RunInfo`).
-        itl_stall_s: extra inter-token gaps caused by preemption, one per resumed request.
+        itl_extra_s: inter-token gaps the iteration frame does not carry: the token a
+            recompute emits after a preemption, and a request's first decode after the
+            decodes were paused while it joined (prefill-only iterations).
 
     ``requests`` is the engine's request frame plus derived latency columns, computed on
     first access. ``summary()`` is computed once and cached. Neither mutates the frames
@@ -114,13 +116,13 @@ class Results:
         requests: pd.DataFrame,
         iterations: pd.DataFrame,
         info: RunInfo,
-        itl_stall_s: np.ndarray,
+        itl_extra_s: np.ndarray,
     ) -> None:
         self.scenario = scenario
         self._raw_requests = requests
         self.iterations = iterations
         self.info = info
-        self.itl_stall_s = itl_stall_s
+        self.itl_extra_s = itl_extra_s
         self._summary: pd.Series | None = None
 
     # ---- frames ----
@@ -160,8 +162,10 @@ class Results:
         - ``duration_s`` = ``info.end_s`` − first arrival: the window throughput is over.
         - TTFT over requests that got a first token; TPOT and E2E over finished requests.
           ``mean`` and linear (numpy default) percentiles.
-        - ITL samples: each iteration's ``duration_s`` once per decode sequence in it, plus
-          ``itl_stall_s``; inverted-CDF weighted percentiles (:func:`weighted_percentiles`).
+        - ITL samples: each iteration's ``decode_gap_s`` (time since the replica's previous
+          decode step: its duration, plus any prefill-only iterations that paused the
+          decodes) once per ``num_decode_continuing`` sequence, plus ``itl_extra_s``;
+          inverted-CDF weighted percentiles (:func:`weighted_percentiles`).
         - Throughput counts finished requests' prompt and generated tokens over
           ``duration_s``; per device divides by replicas × devices per replica.
         - Goodput: finished requests with TTFT ≤ SLO and TPOT ≤ SLO (NaN TPOT, a single
@@ -238,9 +242,9 @@ class Results:
 
     def _itl_stats(self) -> tuple[float, np.ndarray]:
         """Mean and weighted percentiles of inter-token latency (see ``summary``)."""
-        durations = self.iterations["duration_s"].to_numpy(dtype=np.float64)
-        decode_seqs = self.iterations["num_decode_seqs"].to_numpy(dtype=np.int64)
-        stalls = np.asarray(self.itl_stall_s, dtype=np.float64)
+        durations = self.iterations["decode_gap_s"].to_numpy(dtype=np.float64)
+        decode_seqs = self.iterations["num_decode_continuing"].to_numpy(dtype=np.int64)
+        stalls = np.asarray(self.itl_extra_s, dtype=np.float64)
         values = np.concatenate([durations, stalls])
         weights = np.concatenate([decode_seqs, np.ones(stalls.size, dtype=np.int64)])
         total_weight = float(weights.sum())

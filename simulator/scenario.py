@@ -165,15 +165,15 @@ class EngineConfig(_Section):
         "false steps every iteration, for testing).",
     )
 
-    @property
-    def limits(self) -> EngineLimits:
-        """The knobs every policy may read."""
+    def limits(self, max_model_len: int) -> EngineLimits:
+        """The knobs every policy may read, for a deployment accepting ``max_model_len``."""
         return EngineLimits(
             max_num_seqs=self.max_num_seqs,
             max_num_batched_tokens=self.max_num_batched_tokens,
             chunked_prefill=self.chunked_prefill,
             long_prefill_token_threshold=self.long_prefill_token_threshold,
             block_size_tokens=self.block_size_tokens,
+            max_model_len=max_model_len,
         )
 
     @model_validator(mode="after")

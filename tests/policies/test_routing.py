@@ -14,7 +14,7 @@ from simulator import Scenario, check_policy, simulate
 from simulator.plan import EngineLimits, PolicyParams
 from simulator.request import Request
 
-LIMITS = EngineLimits(256, 8192, True, None, 16)
+LIMITS = EngineLimits(256, 8192, True, None, 16, 4096)
 
 
 @pytest.mark.parametrize("name", ["random", "least_requests", "least_tokens",

@@ -130,7 +130,7 @@ def test_preemption_under_kv_pressure_keeps_invariants():
     assert r.requests.num_preemptions.sum() > 0
     assert (r.requests.status == "finished").all()
     _assert_invariants(r, capacity)
-    assert len(r.itl_stall_s) > 0
+    assert len(r.itl_extra_s) > 0
     # Fast-forwarding through preemptions and recomputes changes nothing.
     stepped = simulate(s.with_overrides(["engine.fast_forward=false"]))
     pd.testing.assert_frame_equal(r.requests, stepped.requests, check_exact=True)
@@ -164,7 +164,7 @@ def test_fast_forward_is_identical_to_stepping(sections):
     a, b = simulate(fast), simulate(slow)
     pd.testing.assert_frame_equal(a.requests, b.requests, check_exact=True)
     pd.testing.assert_frame_equal(a.iterations, b.iterations, check_exact=True)
-    np.testing.assert_array_equal(a.itl_stall_s, b.itl_stall_s)
+    np.testing.assert_array_equal(a.itl_extra_s, b.itl_extra_s)
     _assert_invariants(a, resolve(fast).memory.num_kv_blocks)
 
 
@@ -317,7 +317,7 @@ def test_replica_groups_in_worker_processes_give_identical_frames(stop):
     assert (one.requests.status == "rejected").any()
     pd.testing.assert_frame_equal(one.requests, two.requests, check_exact=True)
     pd.testing.assert_frame_equal(one.iterations, two.iterations, check_exact=True)
-    np.testing.assert_array_equal(one.itl_stall_s, two.itl_stall_s)
+    np.testing.assert_array_equal(one.itl_extra_s, two.itl_extra_s)
     assert one.info.end_s == two.info.end_s
 
 
