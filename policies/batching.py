@@ -187,6 +187,13 @@ class TokenBudgetBatching:
         )
 
     def schedule(self, view: ReplicaView) -> IterationPlan:
+        if (
+            not view.waiting
+            and not view.prefilling
+            and view.num_decode_blocks_needed() <= view.num_free_blocks
+        ):
+            # The common case, and what a fast-forwarded run repeats: all decode.
+            return IterationPlan(view.num_decoding)
         planner = _Planner(view, self.max_num_batched_tokens)
         planner.reserve_decodes()
         planner.continue_prefills(self._chunk)

@@ -63,7 +63,8 @@ class _Columns:
 ITERATION_COLUMNS: dict[str, type] = {
     # 64 bytes a row: a million-request run has millions of iterations.
     "replica": np.int32,
-    "iteration": np.int64,
+    # "iteration" is not stored: a replica records every iteration it completes, in
+    # order, so it is the row's position in that replica's buffer.
     "start_s": np.float64,
     "duration_s": np.float64,
     "num_prefill_tokens": np.int32,
@@ -141,6 +142,6 @@ class Recorder:
     def iterations_frame(self, replicas: Sequence[int]) -> pd.DataFrame:
         """Rows of ``replicas`` (in that order), each replica's in iteration order."""
         parts = [self.iterations[r].columns() for r in replicas]
-        return pd.DataFrame(
-            {name: np.concatenate([part[name] for part in parts]) for name in ITERATION_COLUMNS}
-        )
+        columns = {name: np.concatenate([p[name] for p in parts]) for name in ITERATION_COLUMNS}
+        iteration = np.concatenate([np.arange(len(p["replica"]), dtype=np.int64) for p in parts])
+        return pd.DataFrame({"replica": columns.pop("replica"), "iteration": iteration, **columns})

@@ -247,7 +247,7 @@ class Replica:
         # Recorded once done: an iteration cut off by the stop never completed.
         gap_s, continuing = self._decode_gaps(num_decode, self.env.now)
         self._iterations.append(
-            self.index, self.iteration, start_s, duration_s, sum(q), len(q),
+            self.index, start_s, duration_s, sum(q), len(q),
             num_decode, blocks_used, len(plan.preempted), flops, hbm, gap_s, continuing,
         )
         self._decode_blocks_in_flight = 0
@@ -312,14 +312,19 @@ class Replica:
             yield self.env.timeout(ends[k - 1] - now)
             self._horizon = max(MIN_HORIZON, 4 * k)
         self._interruptible = False
-        # Consecutive decode steps: each gap is the step's duration, but the first's.
-        gaps = durations[:k].copy()
-        continuing = np.full(k, n, dtype=np.int64)
-        gaps[0], continuing[0] = self._decode_gaps(n, float(ends[0]))
+        # Consecutive decode steps: each gap is the step's duration, but maybe the first's.
+        gap0, continuing0 = self._decode_gaps(n, float(ends[0]))
+        gaps: np.ndarray = durations[:k]
+        continuing: np.ndarray | int = n
+        if gap0 != durations[0] or continuing0 != n:
+            gaps = gaps.copy()
+            gaps[0] = gap0
+            continuing = np.full(k, n, dtype=np.int64)
+            continuing[0] = continuing0
         self._last_decode_end_s = float(ends[k - 1])
         self._iterations.extend(  # columns as in recorder.ITERATION_COLUMNS
-            k, self.index, steps[:k] + (self.iteration - step0), ends[:k] - durations[:k],
-            durations[:k], 0, 0, n, blocks_used[:k], 0, flops[:k], hbm[:k], gaps, continuing,
+            k, self.index, ends[:k] - durations[:k], durations[:k], 0, 0, n, blocks_used[:k], 0,
+            flops[:k], hbm[:k], gaps, continuing,
         )
         self.iteration += k
         self.decode_step += k
