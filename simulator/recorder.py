@@ -102,6 +102,7 @@ class Recorder:
                 "output_tokens": np.int64,
                 "generated_tokens": np.int64,
                 "num_preemptions": np.int64,
+                "recomputed_tokens": np.int64,
                 "status": np.int8,
             }
         )
@@ -122,6 +123,7 @@ class Recorder:
             output_tokens,
             request.num_output_tokens,
             request.num_preemptions,
+            request.num_recomputed_tokens,
             REQUEST_STATUSES.index(status),
         )
 

@@ -461,6 +461,7 @@ class Replica:
             del self._running[request.request_id]
             self.num_blocks_used -= request.num_blocks
             request.num_blocks = 0
+            request.num_recomputed_tokens += request.num_computed_tokens
             request.num_computed_tokens = 0
             request.num_preemptions += 1
         # Last admitted first in ``victims``; the earliest admitted ends at the front.

@@ -54,6 +54,8 @@ _SECTIONS: list[tuple[str, list[tuple[str, str, Formatter]]]] = [
         ("rejected", "num_rejected", _count),
         ("in flight at stop", "num_in_flight", _count),
         ("preemptions", "num_preemptions", _count),
+        ("recomputed tokens", "recomputed_tokens", _count),
+        ("longest wait to schedule (s)", "queue_max_s", _number),
         ("duration (s)", "duration_s", _number),
     ]),
     ("Throughput", [
@@ -84,7 +86,8 @@ _SECTIONS: list[tuple[str, list[tuple[str, str, Formatter]]]] = [
     ]),
 ]
 
-_LATENCY = [("TTFT", "ttft"), ("TPOT", "tpot"), ("ITL", "itl"), ("E2E", "e2e")]
+_LATENCY = [("TTFT", "ttft"), ("TPOT", "tpot"), ("ITL", "itl"), ("E2E", "e2e"),
+            ("queue", "queue")]
 _LATENCY_STATS = ("mean", "p50", "p90", "p99")
 
 

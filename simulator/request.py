@@ -31,6 +31,8 @@ class Request:
     num_blocks: int = 0
     """KV blocks held; ceil(num_computed_tokens / block size) between iterations."""
     num_preemptions: int = 0
+    num_recomputed_tokens: int = 0
+    """Tokens whose KV was dropped by preemptions (and computed again)."""
     priority: int = 0
     replica: int = -1
     first_scheduled_s: float = math.nan

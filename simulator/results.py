@@ -25,7 +25,7 @@ from simulator.dtypes import ComputeDType
 
 log = logging.getLogger(__name__)
 
-LATENCY_METRICS = ("ttft", "tpot", "itl", "e2e")
+LATENCY_METRICS = ("ttft", "tpot", "itl", "e2e", "queue")
 """Latency metrics in the summary, each as ``{m}_mean_s`` and ``{m}_p{50,90,99}_s``."""
 
 PERCENTILES = (50, 90, 99)
@@ -198,7 +198,8 @@ class Results:
         ttft = req["ttft_s"].to_numpy(dtype=np.float64)
         tpot = req["tpot_s"].to_numpy(dtype=np.float64)
         e2e = req["e2e_s"].to_numpy(dtype=np.float64)
-        samples = {"ttft": ttft, "tpot": tpot[finished], "e2e": e2e[finished]}
+        queue = req["queue_s"].to_numpy(dtype=np.float64)
+        samples = {"ttft": ttft, "tpot": tpot[finished], "e2e": e2e[finished], "queue": queue}
         for name in LATENCY_METRICS:
             if name == "itl":
                 mean, pcts = self._itl_stats()
@@ -210,6 +211,14 @@ class Results:
             m[f"{name}_mean_s"] = mean
             for p, value in zip(PERCENTILES, pcts, strict=True):
                 m[f"{name}_p{p}_s"] = float(value)
+
+        # Starvation: the longest wait for a first schedule, counting requests still
+        # waiting at the stop (their wait so far).
+        never = (status == "in_flight") & np.isnan(queue)
+        waits = np.concatenate([queue[~np.isnan(queue)],
+                                info.end_s - req["arrival_s"].to_numpy(dtype=np.float64)[never]])
+        m["queue_max_s"] = float(waits.max()) if waits.size else math.nan
+        m["recomputed_tokens"] = float(req["recomputed_tokens"].sum())
 
         # Throughput of finished requests over the measurement window.
         input_tokens = float(req["prompt_tokens"].to_numpy()[finished].sum())

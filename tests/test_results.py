@@ -62,6 +62,7 @@ def make_requests(rows: list[tuple]) -> pd.DataFrame:
         "output_tokens": np.asarray(cols[6], dtype=np.int64),
         "generated_tokens": np.asarray(cols[7], dtype=np.int64),
         "num_preemptions": np.asarray(cols[8], dtype=np.int64),
+        "recomputed_tokens": 7 * np.asarray(cols[8], dtype=np.int64),  # 7 per preemption
         "status": pd.Categorical(list(cols[9]), categories=STATUSES),
         "reject_reason": pd.Series(list(cols[10]), dtype=object),
     })
@@ -333,6 +334,7 @@ def test_summary_scales_to_a_million_requests():
         "first_token_s": arrival + 0.2, "finish_s": arrival + 1.0,
         "prompt_tokens": np.full(n, 100), "output_tokens": np.full(n, 50),
         "generated_tokens": np.full(n, 50), "num_preemptions": np.zeros(n, dtype=np.int64),
+        "recomputed_tokens": np.zeros(n, dtype=np.int64),
         "status": pd.Categorical.from_codes(np.zeros(n, dtype=np.int8), STATUSES),
         "reject_reason": pd.Series([None] * n, dtype=object),
     })
@@ -461,3 +463,16 @@ def test_constructor_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     make_results()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_queueing_delay_starvation_and_recomputed_tokens():
+    # queue_s = first scheduled - arrival: r0 0.5, r1 0, r2 0.5, r4 (in flight) 0.2;
+    # r3 was rejected, never queued. Mean 0.3, max 0.5; r1's one preemption cost 7 tokens.
+    s = make_results().summary()
+    assert s["queue_mean_s"] == pytest.approx(0.3)
+    assert s["queue_max_s"] == pytest.approx(0.5)
+    assert s["recomputed_tokens"] == 7
+    # A request still waiting at the stop counts with its wait so far (end_s - arrival).
+    waiting = (0, 1.0, NAN, NAN, NAN, 40, 100, 0, 0, "in_flight", None)
+    s = make_results([*REQUESTS, waiting], end_s=10.0).summary()
+    assert s["queue_max_s"] == pytest.approx(9.0)

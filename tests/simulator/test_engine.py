@@ -131,6 +131,12 @@ def test_preemption_under_kv_pressure_keeps_invariants():
     assert (r.requests.status == "finished").all()
     _assert_invariants(r, capacity)
     assert len(r.itl_extra_s) > 0
+    # Each preemption drops at least one cached token, all of which are prefilled again.
+    req = r.requests
+    assert req.recomputed_tokens.sum() >= req.num_preemptions.sum()
+    prefilled = r.iterations.num_prefill_tokens.sum()
+    assert prefilled >= req.prompt_tokens.sum() + req.recomputed_tokens.sum()
+    assert r.summary()["recomputed_tokens"] == req.recomputed_tokens.sum()
     # Fast-forwarding through preemptions and recomputes changes nothing.
     stepped = simulate(s.with_overrides(["engine.fast_forward=false"]))
     pd.testing.assert_frame_equal(r.requests, stepped.requests, check_exact=True)
