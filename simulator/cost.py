@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -95,6 +96,7 @@ class CostModel:
         default_factory=dict, init=False, repr=False
     )
     _run_cache: dict[int, tuple[float, ...]] = field(default_factory=dict, init=False, repr=False)
+    _prefill_constants: tuple[Any, ...] | None = field(default=None, init=False, repr=False)
     _decode_constants: tuple[int, float, float, float, float, float, float] | None = field(
         default=None, init=False, repr=False
     )
@@ -255,13 +257,11 @@ class CostModel:
         prefilling sequences in one varlen call. A plain loop: a batch holds few of them."""
         if not q:
             return ZERO
-        m = self.model
-        eff = self.efficiency.prefill_attention
-        hd, hq = m.head_dim, self._q_heads_per_device
-        window = m.sliding_window_tokens
-        peak = self.accelerator.peak_flops_per_s("bf16")
-        kv_token = self.kv_bytes_per_token_layer
-        qo_token = 2 * hq * hd * self._act_bytes
+        c = self._prefill_constants
+        if c is None:
+            c = self._prefill_constants = self._make_prefill_constants()
+        (layers, flops_per_key, peak_frac, half_tokens, kv_token, qo_token, s_per_byte,
+         floor_s, window) = c
         compute_s = flops = hbm = 0.0
         for new, cached in zip(q, ctx, strict=True):
             attended = cached + (new + 1) / 2.0  # mean keys per query under the causal mask
@@ -269,14 +269,29 @@ class CostModel:
             if window is not None:
                 attended = min(attended, window)
                 kept = min(kept, window)
-            f = 4.0 * new * attended * hd * hq
+            f = flops_per_key * new * attended
             size = math.sqrt(new * (new + cached))  # tile-occupancy length; q with no prefix
-            compute_s += f / (peak * eff.max_compute_frac * size / (size + eff.half_tokens))
+            compute_s += f * (size + half_tokens) / (peak_frac * size)
             flops += f
             hbm += kept * kv_token + new * qo_token
-        memory_s = hbm / (self.accelerator.hbm_bytes_per_s * eff.memory_frac)
-        seconds = eff.floor_s + max(compute_s, memory_s)
-        return OpCost(seconds, flops, hbm).scaled(m.num_layers)
+        seconds = floor_s + max(compute_s, hbm * s_per_byte)
+        return OpCost(seconds * layers, flops * layers, hbm * layers)
+
+    def _make_prefill_constants(self) -> tuple[Any, ...]:
+        # Hoisted out of the hot path: every iteration with a prefill prices this.
+        eff = self.efficiency.prefill_attention
+        hd, hq = self.model.head_dim, self._q_heads_per_device
+        return (
+            self.model.num_layers,
+            4.0 * hd * hq,
+            self.accelerator.peak_flops_per_s("bf16") * eff.max_compute_frac,
+            eff.half_tokens,
+            self.kv_bytes_per_token_layer,
+            2 * hq * hd * self._act_bytes,
+            1.0 / (self.accelerator.hbm_bytes_per_s * eff.memory_frac),
+            eff.floor_s,
+            self.model.sliding_window_tokens,
+        )
 
     def _decode_attention(self, num_seqs: int, context_tokens: Scalar) -> OpCost:
         """One new token per sequence over ``context_tokens`` cached keys in total."""

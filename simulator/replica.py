@@ -236,7 +236,12 @@ class Replica:
         self.num_blocks_used += self._decode_blocks_in_flight
         assert self.num_blocks_used <= self.num_kv_blocks, "plan over-allocates KV blocks"
         if q:
-            attended = float(self._decode_context(1)[0]) if num_decode else 0.0
+            if not num_decode:
+                attended = 0.0
+            elif self._window is None:
+                attended = float(self._ctx_sum + num_decode)
+            else:
+                attended = float(self._decode_context(1)[0])
             seconds, flops, hbm = self.cost.iteration(q, ctx, num_decode, attended)
             duration_s = on_grid(seconds)
         else:  # decode-only but not repeatable: price exactly as a run of one would be
