@@ -41,6 +41,10 @@ def random_scenario(rng: np.random.Generator):  # type: ignore[no-untyped-def]
     ))
     if engine["batching"] in ("orca", "prefill_first", "static", "decode_priority"):
         engine["max_model_len"] = budget  # whole prompts must fit the budget
+    if rng.random() < 0.3:
+        engine["queue"] = "sjf"
+        engine["predictor"] = ({"kind": "oracle"} if rng.random() < 0.5
+                               else {"kind": "noisy", "sigma": 1.0})
     if engine["batching"] == "sarathi":
         engine["batching"] = {"kind": "sarathi", "token_budget": budget}
     kind = str(rng.choice(["poisson", "gamma", "offline", "closed_loop"]))

@@ -135,9 +135,11 @@ class _Planner:
     def plan(self, *, may_repeat: bool = True, wake_on_arrival: bool | None = None
              ) -> IterationPlan:
         if wake_on_arrival is None:
-            # FCFS: a newcomer joins the back of the queue, so it can only be admitted
-            # when the queue was empty.
-            wake_on_arrival = not self.view.waiting or bool(self.prefill)
+            # In FIFO order a newcomer joins the back of the queue, so it can only be
+            # admitted when the queue was empty; other orders may let it overtake.
+            wake_on_arrival = (
+                not self.view.waiting_is_fifo or not self.view.waiting or bool(self.prefill)
+            )
         return IterationPlan(self.num_decode, self.prefill, self.preempted,
                              may_repeat=may_repeat, wake_on_arrival=wake_on_arrival)
 

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from policies.batching import BATCHING
+from policies.queue import QUEUE
 from policies.routing import ROUTING
 from simulator.deployment import resolve
 from simulator.engine import simulate
@@ -144,19 +145,22 @@ CONFORMANCE_CASES: dict[str, dict[str, Any]] = {
 MIN_APPLICABLE_CASES = 5
 
 
-def check_policy(kind: Literal["batching", "routing"], policy: str | Mapping[str, Any]) -> None:
+def check_policy(kind: Literal["batching", "queue", "routing"],
+                 policy: str | Mapping[str, Any],
+                 engine: Mapping[str, Any] | None = None) -> None:
     """Run ``policy`` (a registered name, or ``{kind: name, ...params}``) as the
     scenario's ``engine.<kind>`` through ``CONFORMANCE_CASES``; raise AssertionError
     naming the case and the broken promise.
 
     A case whose engine limits the policy refuses when it is built (a ValueError from
     ``from_config``, e.g. whole-prompt batching under a budget below max_model_len) does
-    not apply; at least ``MIN_APPLICABLE_CASES`` must."""
-    registry = BATCHING if kind == "batching" else ROUTING
+    not apply; at least ``MIN_APPLICABLE_CASES`` must. ``engine`` adds settings the
+    policy needs to every case (e.g. ``{"predictor": {"kind": "oracle"}}``)."""
+    registry = {"batching": BATCHING, "queue": QUEUE, "routing": ROUTING}[kind]
     applicable = 0
     for case, sections in CONFORMANCE_CASES.items():
-        engine = {**sections.get("engine", {}), kind: policy}
-        scenario = tiny_scenario(**{**sections, "engine": engine})
+        settings = {**sections.get("engine", {}), **(engine or {}), kind: policy}
+        scenario = tiny_scenario(**{**sections, "engine": settings})
         deployment = resolve(scenario)
         try:
             registry.build(getattr(scenario.engine, kind),

@@ -17,9 +17,11 @@ import pandas as pd
 import simpy
 
 from policies.batching import BATCHING
+from policies.queue import QUEUE
 from policies.routing import ROUTING
 from simulator.clock import on_grid, on_grid_array
 from simulator.deployment import Deployment, ScenarioError, resolve
+from simulator.predictor import build_predictor
 from simulator.recorder import Recorder
 from simulator.replica import Replica
 from simulator.request import Request
@@ -52,11 +54,21 @@ class _Cluster:
         limits = eng.limits(deployment.max_model_len)
         seeds = np.random.SeedSequence(scenario.seed).spawn(3)
         self.router = ROUTING.build(eng.routing, limits, np.random.default_rng(seeds[1]))
-        batching_seeds = seeds[2].spawn(scenario.deployment.replicas)
+        # Per replica: one stream for its batching policy, one for its queue order.
+        policy_seeds = [s.spawn(2) for s in seeds[2].spawn(scenario.deployment.replicas)]
+        predictor = None if eng.predictor is None else build_predictor(eng.predictor,
+                                                                         scenario.seed)
+        if predictor is None and getattr(QUEUE.get(eng.queue.kind), "needs_predictor", False):
+            raise ScenarioError(
+                f"engine.queue={eng.queue.kind!r} orders by predicted output length: set "
+                f"engine.predictor (e.g. {{kind: oracle}} or {{kind: noisy, sigma: 0.5}})"
+            )
         self.replicas = [
             Replica(
                 env, i, deployment.cost,
-                BATCHING.build(eng.batching, limits, np.random.default_rng(batching_seeds[i])),
+                BATCHING.build(eng.batching, limits, np.random.default_rng(policy_seeds[i][0])),
+                queue=QUEUE.build(eng.queue, limits, np.random.default_rng(policy_seeds[i][1])),
+                predictor=predictor,
                 num_kv_blocks=self.num_kv_blocks,
                 block_size_tokens=eng.block_size_tokens,
                 max_num_seqs=eng.max_num_seqs,
@@ -296,7 +308,7 @@ def simulate(scenario: Scenario, *, workers: int | None = None) -> Results:
     """
     wall_start = time.perf_counter()  # reported only; simulated time is env.now alone
     deployment = resolve(scenario)
-    # Streams: [0] workload, [1] routing, [2] batching (one child per replica).
+    # Streams: [0] workload, [1] routing, [2] per-replica policies.
     workload_seed = np.random.SeedSequence(scenario.seed).spawn(3)[0]
     rng = np.random.default_rng(workload_seed)
     workload, stop = scenario.workload, scenario.stop

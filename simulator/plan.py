@@ -85,7 +85,17 @@ class ReplicaView(Protocol):
     """
 
     @property
-    def waiting(self) -> Sequence[Request]: ...
+    def waiting(self) -> Sequence[Request]:
+        """Requests not admitted, in the queue policy's order."""
+        ...
+    @property
+    def waiting_is_fifo(self) -> bool:
+        """The queue order is arrival order (a newcomer cannot overtake the head)."""
+        ...
+    def predicted_output_tokens(self, request: Request) -> float:
+        """The scenario's predictor's guess of ``request``'s output length (its truth is
+        hidden); raises if the scenario names no predictor."""
+        ...
     @property
     def running(self) -> Sequence[Request]: ...
     @property
@@ -124,4 +134,16 @@ class BatchingPolicy(Protocol):
     def schedule(self, view: ReplicaView) -> IterationPlan:
         """The next iteration's plan, from ``view`` (read-only); mutates nothing else
         than the policy's own learned state (attributes ending in ``_``)."""
+        ...
+
+
+class QueueOrder(Protocol):
+    """Orders a replica's waiting requests for admission (``policies/queue.py``)."""
+
+    fifo: bool
+    """True when the order is arrival order (preempted requests first): a newcomer then
+    joins the back and cannot overtake a blocked head, which lets runs ignore arrivals."""
+
+    def order(self, waiting: Sequence[Request], view: ReplicaView) -> Sequence[Request]:
+        """``waiting`` in admission order; reads, never mutates."""
         ...

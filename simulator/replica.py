@@ -31,7 +31,7 @@ import simpy
 
 from simulator.clock import on_grid, on_grid_array
 from simulator.cost import CostModel
-from simulator.plan import BatchingPolicy, IterationPlan
+from simulator.plan import BatchingPolicy, IterationPlan, QueueOrder
 from simulator.recorder import Recorder
 from simulator.request import Request
 
@@ -53,6 +53,8 @@ class Replica:
         cost: CostModel,
         batching: BatchingPolicy,
         *,
+        queue: QueueOrder,
+        predictor: Callable[[int, int], float] | None,
         num_kv_blocks: int,
         block_size_tokens: int,
         max_num_seqs: int,
@@ -65,6 +67,8 @@ class Replica:
         self.index = index
         self.cost = cost
         self.batching = batching
+        self.queue = queue
+        self.predictor = predictor
         self.num_kv_blocks = num_kv_blocks
         self._block = block_size_tokens
         self.max_num_seqs = max_num_seqs
@@ -79,6 +83,7 @@ class Replica:
         self._running: dict[int, Request] = {}  # admission order
         self._prefilling: dict[int, Request] = {}  # subset of running, admission order
         self._targets: dict[int, int] = {}  # true output lengths, hidden from policies
+        self._predicted: dict[int, float] = {}  # the predictor's guesses, if any
         self._outstanding_prompt_tokens = 0
         self.iteration = 0
         self.decode_step = 0  # iterations in which the decodes ran
@@ -109,7 +114,20 @@ class Replica:
 
     @property
     def waiting(self) -> Sequence[Request]:
-        return self._waiting
+        return self.queue.order(self._waiting, self)
+
+    @property
+    def waiting_is_fifo(self) -> bool:
+        return self.queue.fifo
+
+    def predicted_output_tokens(self, request: Request) -> float:
+        predicted = self._predicted.get(request.request_id)
+        if predicted is None:
+            raise ValueError(
+                "this queue policy orders by predicted output length: set engine.predictor "
+                "(e.g. {kind: oracle} or {kind: noisy, sigma: 0.5})"
+            )
+        return predicted
 
     @property
     def running(self) -> Sequence[Request]:
@@ -174,6 +192,9 @@ class Replica:
         """Queue an arrived request (called by the router at its arrival time)."""
         request.replica = self.index
         self._targets[request.request_id] = output_tokens
+        if self.predictor is not None:
+            self._predicted[request.request_id] = self.predictor(request.request_id,
+                                                                 output_tokens)
         self._outstanding_prompt_tokens += request.prompt_tokens
         self._waiting.append(request)
         if self._known_arrivals_s is not None:
@@ -448,6 +469,7 @@ class Replica:
         self.num_blocks_used -= request.num_blocks
         request.num_blocks = 0
         output_tokens = self._targets.pop(request.request_id)
+        self._predicted.pop(request.request_id, None)
         self._outstanding_prompt_tokens -= request.prompt_tokens
         assert request.num_output_tokens == output_tokens
         self.recorder.request_done(request, output_tokens, "finished", now)

@@ -25,10 +25,12 @@ from pydantic import (
 from hardware.efficiency import EfficiencyProfile
 from hardware.spec import AcceleratorSpec
 from policies.batching import BATCHING
+from policies.queue import QUEUE
 from policies.routing import ROUTING
 from simulator.dtypes import DType
 from simulator.model import ModelSpec
 from simulator.plan import EngineLimits, PolicyParams
+from simulator.predictor import PredictorConfig
 from workloads.config import (
     LogNormalLength,
     PoissonArrivals,
@@ -41,6 +43,11 @@ from workloads.config import (
 # are found by name like the built-ins.
 BatchingParams = Annotated[
     PolicyParams, BeforeValidator(BATCHING.parse), SerializeAsAny(), WithJsonSchema(
+        {"anyOf": [{"type": "string"}, {"type": "object", "required": ["kind"]}]}
+    )
+]
+QueueParams = Annotated[
+    PolicyParams, BeforeValidator(QUEUE.parse), SerializeAsAny(), WithJsonSchema(
         {"anyOf": [{"type": "string"}, {"type": "object", "required": ["kind"]}]}
     )
 ]
@@ -118,6 +125,16 @@ class EngineConfig(_Section):
         default_factory=lambda: BATCHING.parse("token_budget"),
         description="Batching policy: a registry name, or {kind: name, ...its parameters}; "
         "'token_budget' is vLLM v1's scheduler.",
+    )
+    queue: QueueParams = Field(
+        default_factory=lambda: QUEUE.parse("fcfs"),
+        description="Order of waiting requests for admission: 'fcfs' or 'sjf' (needs a "
+        "predictor).",
+    )
+    predictor: PredictorConfig | None = Field(
+        default=None,
+        description="What length-aware policies may know of output lengths: "
+        "{kind: oracle} or {kind: noisy, sigma: log-error std}; None: nothing.",
     )
     routing: RoutingParams = Field(
         default_factory=lambda: ROUTING.parse("round_robin"),
