@@ -42,6 +42,9 @@ def random_scenario(rng: np.random.Generator):  # type: ignore[no-untyped-def]
     if engine["batching"] in ("orca", "prefill_first", "static", "decode_priority"):
         engine["max_model_len"] = budget  # whole prompts must fit the budget
     if rng.random() < 0.3:
+        engine["preemption_mode"] = "swap"
+        engine["swap_space_gib"] = float(rng.choice([0.00005, 0.002, 0.05]))
+    if rng.random() < 0.3:
         engine["queue"] = "sjf"
         engine["predictor"] = ({"kind": "oracle"} if rng.random() < 0.5
                                else {"kind": "noisy", "sigma": 1.0})

@@ -65,6 +65,13 @@ class CollectiveEfficiency(_Frozen):
     bus_frac: float = Field(gt=0, le=1, description="Fraction of link bandwidth achieved.")
 
 
+class HostLinkEfficiency(_Frozen):
+    """Copies between device and host memory (KV swapping) over PCIe."""
+
+    bandwidth_frac: float = Field(gt=0, le=1, description="Fraction of the PCIe rate achieved.")
+    latency_s: float = Field(ge=0, description="Fixed cost per copy, seconds.")
+
+
 class EfficiencyProfile(_Frozen):
     """All op classes' efficiencies for one device (catalog default or calibrated)."""
 
@@ -76,6 +83,12 @@ class EfficiencyProfile(_Frozen):
     decode_attention: DecodeAttentionEfficiency
     elementwise: ElementwiseEfficiency
     collective: CollectiveEfficiency
+    host_link: HostLinkEfficiency = Field(
+        # Pinned-memory copies reach ~80% of a PCIe link's nominal rate (e.g. ~25 GB/s of
+        # Gen4 x16's 32 GB/s in CUDA's bandwidthTest); ~10 us to launch a copy.
+        default_factory=lambda: HostLinkEfficiency(bandwidth_frac=0.8, latency_s=10e-6),
+        description="Device-host copies (KV swap).",
+    )
 
     def gemm_for(self, dtype: ComputeDType) -> GemmEfficiency:
         return self.gemm.get(dtype) or self.gemm["bf16"]

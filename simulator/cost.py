@@ -349,6 +349,14 @@ class CostModel:
             total = total + op
         return IterationCost(total.seconds, total.flops, total.hbm_bytes, ops)
 
+    def swap_s(self, num_bytes: float) -> float:
+        """Seconds to copy ``num_bytes`` of KV between device and host memory over PCIe."""
+        if num_bytes <= 0:
+            return 0.0
+        eff = self.efficiency.host_link
+        link_bytes_per_s = self.accelerator.pcie_gb_per_s * 1e9 * eff.bandwidth_frac
+        return eff.latency_s + num_bytes / link_bytes_per_s
+
     def _shape_totals(self, num_tokens: int, num_seqs: int) -> tuple[float, float, float]:
         """Seconds, flops, bytes of everything but attention, cached by token and by
         sequence count (a run of similar batches prices in a dict lookup)."""

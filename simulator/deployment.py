@@ -36,6 +36,8 @@ class MemoryPlan:
     kv_bytes_per_token: float
     num_kv_blocks: int
     block_size_tokens: int
+    num_host_blocks: int = 0
+    """KV blocks of host swap space per device (0 unless preemption_mode is 'swap')."""
 
     @property
     def kv_capacity_tokens(self) -> int:
@@ -146,6 +148,9 @@ def plan_memory(model: ModelSpec, accelerator: AcceleratorSpec, cost: CostModel,
         kv_bytes_per_token=cost.kv_bytes_per_token,
         num_kv_blocks=blocks,
         block_size_tokens=eng.block_size_tokens,
+        num_host_blocks=(
+            int(eng.swap_space_gib * GIB // block_bytes) if eng.preemption_mode == "swap" else 0
+        ),
     )
 
 

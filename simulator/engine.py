@@ -69,6 +69,7 @@ class _Cluster:
                 BATCHING.build(eng.batching, limits, np.random.default_rng(policy_seeds[i][0])),
                 queue=QUEUE.build(eng.queue, limits, np.random.default_rng(policy_seeds[i][1])),
                 predictor=predictor,
+                num_host_blocks=deployment.memory.num_host_blocks,
                 num_kv_blocks=self.num_kv_blocks,
                 block_size_tokens=eng.block_size_tokens,
                 max_num_seqs=eng.max_num_seqs,

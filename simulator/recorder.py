@@ -78,6 +78,7 @@ ITERATION_COLUMNS: dict[str, type] = {
     # iteration's duration, plus any prefill-only iterations that paused them.
     "decode_gap_s": np.float64,
     "num_decode_continuing": np.int32,
+    "swap_bytes": np.float64,  # KV copied between device and host (per device)
 }
 
 REQUEST_STATUSES = ["finished", "rejected", "in_flight"]

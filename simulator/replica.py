@@ -55,6 +55,7 @@ class Replica:
         *,
         queue: QueueOrder,
         predictor: Callable[[int, int], float] | None,
+        num_host_blocks: int = 0,
         num_kv_blocks: int,
         block_size_tokens: int,
         max_num_seqs: int,
@@ -69,6 +70,9 @@ class Replica:
         self.batching = batching
         self.queue = queue
         self.predictor = predictor
+        self._num_host_blocks = num_host_blocks  # swap space; 0: recompute preemption
+        self._host_blocks_free = num_host_blocks
+        self._swap_bytes_pending = 0.0
         self.num_kv_blocks = num_kv_blocks
         self._block = block_size_tokens
         self.max_num_seqs = max_num_seqs
@@ -227,7 +231,8 @@ class Replica:
                     yield from self._sleep()
                 continue
             assert plan.num_decode_seqs in (0, self._num_decoding), "decodes run all or none"
-            if plan.is_decode_only and plan.may_repeat and self.fast_forward:
+            if (plan.is_decode_only and plan.may_repeat and self.fast_forward
+                    and not self._swap_bytes_pending):
                 self._wake_on_arrival = plan.wake_on_arrival
                 yield from self._decode_run()
             else:
@@ -256,6 +261,7 @@ class Replica:
         self._decode_blocks_in_flight = self.num_decode_blocks_needed() if num_decode else 0
         self.num_blocks_used += self._decode_blocks_in_flight
         assert self.num_blocks_used <= self.num_kv_blocks, "plan over-allocates KV blocks"
+        swap_bytes, self._swap_bytes_pending = self._swap_bytes_pending, 0.0
         if q:
             if not num_decode:
                 attended = 0.0
@@ -264,10 +270,11 @@ class Replica:
             else:
                 attended = float(self._decode_context(1)[0])
             seconds, flops, hbm = self.cost.iteration(q, ctx, num_decode, attended)
-            duration_s = on_grid(seconds)
+            duration_s = on_grid(seconds + self.cost.swap_s(swap_bytes))
         else:  # decode-only but not repeatable: price exactly as a run of one would be
             secs, fl, hb = self.cost.decode_run(num_decode, self._decode_context(1))
-            duration_s, flops, hbm = float(on_grid_array(secs)[0]), float(fl[0]), float(hb[0])
+            duration_s = on_grid(float(secs[0]) + self.cost.swap_s(swap_bytes))
+            flops, hbm = float(fl[0]), float(hb[0])
         blocks_used = self.num_blocks_used
         yield self.env.timeout(duration_s)
         # Recorded once done: an iteration cut off by the stop never completed.
@@ -275,6 +282,7 @@ class Replica:
         self._iterations.append(
             self.index, start_s, duration_s, sum(q), len(q),
             num_decode, blocks_used, len(plan.preempted), flops, hbm, gap_s, continuing,
+            swap_bytes,
         )
         self._decode_blocks_in_flight = 0
         self.iteration += 1
@@ -350,7 +358,7 @@ class Replica:
         self._last_decode_end_s = float(ends[k - 1])
         self._iterations.extend(  # columns as in recorder.ITERATION_COLUMNS
             k, self.index, ends[:k] - durations[:k], durations[:k], 0, 0, n, blocks_used[:k], 0,
-            flops[:k], hbm[:k], gaps, continuing,
+            flops[:k], hbm[:k], gaps, continuing, 0.0,
         )
         self.iteration += k
         self.decode_step += k
@@ -391,6 +399,9 @@ class Replica:
         over = np.maximum(0, ctx_now[:, None] + steps[None, :] - self._window)
         return (total - over.sum(axis=0)).astype(np.float64)
 
+    def _kv_bytes(self, request: Request) -> float:
+        return request.num_computed_tokens * self.cost.kv_bytes_per_token
+
     def _admit(self, request: Request, now: float) -> None:
         if self._waiting and self._waiting[0] is request:
             self._waiting.popleft()
@@ -398,6 +409,10 @@ class Replica:
             self._waiting.remove(request)
         self._running[request.request_id] = request
         self._prefilling[request.request_id] = request
+        if request.swapped_blocks:  # swap back in; the plan allocated its device blocks
+            self._host_blocks_free += request.swapped_blocks
+            request.swapped_blocks = 0
+            self._swap_bytes_pending += self._kv_bytes(request)
         if math.isnan(request.first_scheduled_s):
             request.first_scheduled_s = now
 
@@ -476,7 +491,8 @@ class Replica:
         self.on_done(request)
 
     def _preempt(self, victims: list[Request]) -> None:
-        """Recompute preemption: drop the KV, back to the front of the queue."""
+        """Preempt: the KV goes to host memory (swap, while swap space lasts) or is dropped
+        to be recomputed; the request goes back to the front of the queue."""
         now = self.env.now
         for request in victims:
             if request.slot >= 0:
@@ -487,9 +503,14 @@ class Replica:
                 del self._prefilling[request.request_id]
             del self._running[request.request_id]
             self.num_blocks_used -= request.num_blocks
+            if 0 < request.num_blocks <= self._host_blocks_free:  # swap out over PCIe
+                self._host_blocks_free -= request.num_blocks
+                request.swapped_blocks = request.num_blocks
+                self._swap_bytes_pending += self._kv_bytes(request)
+            else:
+                request.num_recomputed_tokens += request.num_computed_tokens
+                request.num_computed_tokens = 0
             request.num_blocks = 0
-            request.num_recomputed_tokens += request.num_computed_tokens
-            request.num_computed_tokens = 0
             request.num_preemptions += 1
         # Last admitted first in ``victims``; the earliest admitted ends at the front.
         self._waiting.extendleft(victims)
@@ -512,6 +533,8 @@ class Replica:
         assert len(decoding) == self._num_decoding
         assert sum(self.num_computed(r) for r in decoding) == self._ctx_sum
         assert not any(r.num_blocks for r in self._waiting)
+        swapped = sum(r.swapped_blocks for r in self._waiting)
+        assert swapped + self._host_blocks_free == self._num_host_blocks
 
 
 def _live(entry: tuple[int, int, Request]) -> bool:

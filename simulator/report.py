@@ -55,6 +55,7 @@ _SECTIONS: list[tuple[str, list[tuple[str, str, Formatter]]]] = [
         ("in flight at stop", "num_in_flight", _count),
         ("preemptions", "num_preemptions", _count),
         ("recomputed tokens", "recomputed_tokens", _count),
+        ("swapped (GB, per device)", "swap_bytes", lambda x: _number(x / 1e9)),
         ("longest wait to schedule (s)", "queue_max_s", _number),
         ("duration (s)", "duration_s", _number),
     ]),

@@ -33,6 +33,8 @@ class Request:
     num_preemptions: int = 0
     num_recomputed_tokens: int = 0
     """Tokens whose KV was dropped by preemptions (and computed again)."""
+    swapped_blocks: int = 0
+    """KV blocks held in host memory while swapped out (0 otherwise)."""
     priority: int = 0
     replica: int = -1
     first_scheduled_s: float = math.nan

@@ -289,6 +289,7 @@ class Results:
             "kv_utilization_mean_frac": _ratio(float(kv @ dur), busy_s * capacity),
             "kv_utilization_max_frac": _ratio(float(kv.max()), capacity) if kv.size else math.nan,
             "num_preemptions": float(it["num_preempted"].sum()),
+            "swap_bytes": float(it["swap_bytes"].sum()),
             "energy_j": energy_j,
         }
 

@@ -162,9 +162,15 @@ class EngineConfig(_Section):
         ge=0,
         description="Memory outside weights, activations and KV (CUDA context, graphs), GiB.",
     )
-    preemption_mode: Literal["recompute"] = Field(
+    preemption_mode: Literal["recompute", "swap"] = Field(
         default="recompute",
-        description="What happens to a preempted request's KV: dropped and recomputed on resume.",
+        description="What happens to a preempted request's KV: 'recompute' drops it and "
+        "prefills again on resume (vLLM v1); 'swap' copies it to host memory over PCIe and "
+        "back on resume (vLLM v0), recomputing only when swap space is full.",
+    )
+    swap_space_gib: float = Field(
+        default=4.0, ge=0,
+        description="Host memory per device for swapped-out KV, GiB (vLLM's swap_space).",
     )
     iteration_overhead_s: float = Field(
         default=0.0005,

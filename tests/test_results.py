@@ -88,6 +88,7 @@ def make_iterations(rows: list[tuple]) -> pd.DataFrame:
     # No paused decodes here: every decode's gap is its iteration's duration.
     df["decode_gap_s"] = df["duration_s"]
     df["num_decode_continuing"] = df["num_decode_seqs"]
+    df["swap_bytes"] = 0.0
     df["iteration"] = df.groupby("replica").cumcount().astype(np.int64)
     return df
 
