@@ -21,8 +21,9 @@ class _Columns:
     def __init__(self, dtypes: dict[str, type]) -> None:
         self._dtypes = dtypes
         self._size = 0
+        # Zero-filled, so a block append may skip columns that are zero in it.
         self._data: dict[str, np.ndarray] = {
-            name: np.empty(1024, dtype=dt) for name, dt in dtypes.items()
+            name: np.zeros(1024, dtype=dt) for name, dt in dtypes.items()
         }
 
     def _reserve(self, extra: int) -> None:
@@ -32,7 +33,7 @@ class _Columns:
             return
         capacity = max(need, capacity + capacity // 2)
         for name, col in self._data.items():
-            grown = np.empty(capacity, dtype=col.dtype)
+            grown = np.zeros(capacity, dtype=col.dtype)
             grown[: self._size] = col[: self._size]
             self._data[name] = grown
 
@@ -43,13 +44,14 @@ class _Columns:
             col[i] = value
         self._size += 1
 
-    def extend(self, n: int, *values: object) -> None:
-        """Append ``n`` rows; ``values`` in column order, arrays of length n or scalars
-        (broadcast)."""
+    def extend(self, n: int, names: tuple[str, ...], values: tuple[object, ...]) -> None:
+        """Append ``n`` rows giving the ``names`` columns (arrays of length n or scalars,
+        broadcast); the other columns of these rows stay zero."""
         self._reserve(n)
         i = self._size
-        for col, value in zip(self._data.values(), values, strict=True):
-            col[i : i + n] = value
+        data = self._data
+        for name, value in zip(names, values, strict=True):
+            data[name][i : i + n] = value
         self._size += n
 
     def columns(self) -> dict[str, np.ndarray]:
@@ -61,10 +63,9 @@ class _Columns:
 
 
 ITERATION_COLUMNS: dict[str, type] = {
-    # 64 bytes a row: a million-request run has millions of iterations.
-    "replica": np.int32,
-    # "iteration" is not stored: a replica records every iteration it completes, in
-    # order, so it is the row's position in that replica's buffer.
+    # Compact rows: a million-request run has millions of iterations. "replica" and
+    # "iteration" are not stored: each replica has its own buffer and records every
+    # iteration it completes, in order, so they are the buffer and the row's position.
     "start_s": np.float64,
     "duration_s": np.float64,
     "num_prefill_tokens": np.int32,
@@ -145,6 +146,9 @@ class Recorder:
     def iterations_frame(self, replicas: Sequence[int]) -> pd.DataFrame:
         """Rows of ``replicas`` (in that order), each replica's in iteration order."""
         parts = [self.iterations[r].columns() for r in replicas]
+        sizes = [len(p["start_s"]) for p in parts]
+        replica = np.concatenate([np.full(n, r, dtype=np.int32) for r, n in zip(replicas, sizes,
+                                                                                strict=True)])
+        iteration = np.concatenate([np.arange(n, dtype=np.int64) for n in sizes])
         columns = {name: np.concatenate([p[name] for p in parts]) for name in ITERATION_COLUMNS}
-        iteration = np.concatenate([np.arange(len(p["replica"]), dtype=np.int64) for p in parts])
-        return pd.DataFrame({"replica": columns.pop("replica"), "iteration": iteration, **columns})
+        return pd.DataFrame({"replica": replica, "iteration": iteration, **columns})

@@ -37,6 +37,10 @@ from simulator.request import Request
 
 MAX_RUN_ITERATIONS = 4096
 """Longest decode run advanced in one event; bounds the arrays a run allocates."""
+_RUN_COLUMNS = ("start_s", "duration_s", "num_decode_seqs", "kv_blocks_used", "flops",
+                "hbm_bytes", "decode_gap_s", "num_decode_continuing")
+"""What a decode run records; its other iteration columns (prefill, preemption, swap) are 0."""
+
 MIN_HORIZON = 16
 """Shortest run planned ahead. Runs are planned ``_horizon`` iterations at most, a length
 that adapts to how soon arrivals cut them; where runs are cut changes no result (they
@@ -280,7 +284,7 @@ class Replica:
         # Recorded once done: an iteration cut off by the stop never completed.
         gap_s, continuing = self._decode_gaps(num_decode, self.env.now)
         self._iterations.append(
-            self.index, start_s, duration_s, sum(q), len(q),
+            start_s, duration_s, sum(q), len(q),
             num_decode, blocks_used, len(plan.preempted), flops, hbm, gap_s, continuing,
             swap_bytes,
         )
@@ -356,10 +360,10 @@ class Replica:
             continuing = np.full(k, n, dtype=np.int64)
             continuing[0] = continuing0
         self._last_decode_end_s = float(ends[k - 1])
-        self._iterations.extend(  # columns as in recorder.ITERATION_COLUMNS
-            k, self.index, ends[:k] - durations[:k], durations[:k], 0, 0, n, blocks_used[:k], 0,
-            flops[:k], hbm[:k], gaps, continuing, 0.0,
-        )
+        self._iterations.extend(k, _RUN_COLUMNS, (
+            ends[:k] - durations[:k], durations[:k], n, blocks_used[:k], flops[:k], hbm[:k],
+            gaps, continuing,
+        ))
         self.iteration += k
         self.decode_step += k
         self._ctx_sum += n * k
