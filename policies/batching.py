@@ -114,18 +114,19 @@ class _Planner:
                 self.budget -= tokens
                 self.prefill.append((request, tokens))
 
-    def admit(self, max_num_seqs: int, chunk: Chunker) -> None:
-        """Waiting requests, first come first served, while sequences, budget and blocks
-        last; nobody is admitted in an iteration that preempted (as vLLM)."""
+    def admit(self, max_num_seqs: int, chunk: Chunker, watermark_frac: float = 0.0) -> None:
+        """Waiting requests in queue order while sequences, budget and blocks (less the
+        watermark) last; nobody is admitted in an iteration that preempted (as vLLM)."""
         if self.preempted:
             return
+        reserve = int(watermark_frac * self.view.num_kv_blocks)
         num_running = self.view.num_running
         for request in self.view.waiting:
             if num_running >= max_num_seqs or self.budget <= 0:
                 break
             tokens = chunk(request, self.budget)
             need = _blocks_for(request, tokens, self.block)
-            if tokens == 0 or need > self.free:
+            if tokens == 0 or need > self.free - reserve:
                 break
             self.free -= need
             self.budget -= tokens
@@ -170,11 +171,13 @@ class TokenBudgetBatching:
         max_num_batched_tokens: int,
         chunked_prefill: bool = True,
         long_prefill_token_threshold: int | None = None,
+        kv_watermark_frac: float = 0.0,
     ) -> None:
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.chunked_prefill = chunked_prefill
         self.long_prefill_token_threshold = long_prefill_token_threshold
+        self.kv_watermark_frac = kv_watermark_frac
         self._chunk = chunker(chunked_prefill, long_prefill_token_threshold)
 
     @classmethod
@@ -186,6 +189,7 @@ class TokenBudgetBatching:
             limits.max_num_batched_tokens,
             limits.chunked_prefill,
             limits.long_prefill_token_threshold,
+            limits.kv_watermark_frac,
         )
 
     def schedule(self, view: ReplicaView) -> IterationPlan:
@@ -199,7 +203,7 @@ class TokenBudgetBatching:
         planner = _Planner(view, self.max_num_batched_tokens)
         planner.reserve_decodes()
         planner.continue_prefills(self._chunk)
-        planner.admit(self.max_num_seqs, self._chunk)
+        planner.admit(self.max_num_seqs, self._chunk, self.kv_watermark_frac)
         return planner.plan()
 
 
@@ -227,7 +231,8 @@ class SarathiBatching(TokenBudgetBatching):
                 f"batching 'sarathi': token_budget={params.token_budget} is below "
                 f"engine.max_num_seqs={limits.max_num_seqs}; every decode needs a token"
             )
-        return cls(limits.max_num_seqs, params.token_budget, True, None)
+        return cls(limits.max_num_seqs, params.token_budget, True, None,
+                   limits.kv_watermark_frac)
 
 
 @BATCHING.register("orca")
@@ -241,7 +246,8 @@ class OrcaBatching(TokenBudgetBatching):
         cls, params: PolicyParams, limits: EngineLimits, rng: np.random.Generator
     ) -> OrcaBatching:
         _require_whole_prompts_fit("orca", limits)
-        return cls(limits.max_num_seqs, limits.max_num_batched_tokens, False, None)
+        return cls(limits.max_num_seqs, limits.max_num_batched_tokens, False, None,
+                   limits.kv_watermark_frac)
 
 
 class _WholePrompts:
@@ -249,9 +255,11 @@ class _WholePrompts:
 
     policy_name = ""
 
-    def __init__(self, max_num_seqs: int, max_num_batched_tokens: int) -> None:
+    def __init__(self, max_num_seqs: int, max_num_batched_tokens: int,
+                 kv_watermark_frac: float = 0.0) -> None:
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        self.kv_watermark_frac = kv_watermark_frac
         self._whole = chunker(False)
 
     @classmethod
@@ -259,7 +267,7 @@ class _WholePrompts:
         cls, params: PolicyParams, limits: EngineLimits, rng: np.random.Generator
     ) -> _WholePrompts:
         _require_whole_prompts_fit(cls.policy_name, limits)
-        return cls(limits.max_num_seqs, limits.max_num_batched_tokens)
+        return cls(limits.max_num_seqs, limits.max_num_batched_tokens, limits.kv_watermark_frac)
 
 
 @BATCHING.register("prefill_first")
@@ -274,7 +282,7 @@ class PrefillFirstBatching(_WholePrompts):
     def schedule(self, view: ReplicaView) -> IterationPlan:
         prefills = _Planner(view, self.max_num_batched_tokens)
         prefills.continue_prefills(self._whole)  # recomputes left by a preemption
-        prefills.admit(self.max_num_seqs, self._whole)
+        prefills.admit(self.max_num_seqs, self._whole, self.kv_watermark_frac)
         if prefills.prefill:
             return prefills.plan()
         decodes = _Planner(view, self.max_num_batched_tokens)
@@ -293,7 +301,7 @@ class StaticBatching(_WholePrompts):
     def schedule(self, view: ReplicaView) -> IterationPlan:
         planner = _Planner(view, self.max_num_batched_tokens)
         if view.num_running == 0:
-            planner.admit(self.max_num_seqs, self._whole)
+            planner.admit(self.max_num_seqs, self._whole, self.kv_watermark_frac)
             return planner.plan()
         planner.continue_prefills(self._whole)  # a member preempted and resumed
         if planner.prefill:
@@ -322,9 +330,11 @@ class DecodePriorityBatching:
     steps; an idle replica admits at once."""
 
     def __init__(self, max_num_seqs: int, max_num_batched_tokens: int,
-                 waiting_served_ratio: float, max_waiting_tokens: int) -> None:
+                 waiting_served_ratio: float, max_waiting_tokens: int,
+                 kv_watermark_frac: float = 0.0) -> None:
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        self.kv_watermark_frac = kv_watermark_frac
         self.waiting_served_ratio = waiting_served_ratio
         self.max_waiting_tokens = max_waiting_tokens
         self._whole = chunker(False)
@@ -337,7 +347,8 @@ class DecodePriorityBatching:
         assert isinstance(params, DecodePriorityParams)
         _require_whole_prompts_fit("decode_priority", limits)
         return cls(limits.max_num_seqs, limits.max_num_batched_tokens,
-                   params.waiting_served_ratio, params.max_waiting_tokens)
+                   params.waiting_served_ratio, params.max_waiting_tokens,
+                   limits.kv_watermark_frac)
 
     def schedule(self, view: ReplicaView) -> IterationPlan:
         planner = _Planner(view, self.max_num_batched_tokens)
@@ -348,7 +359,7 @@ class DecodePriorityBatching:
             or len(view.waiting) >= self.waiting_served_ratio * view.num_decoding
             or waited >= self.max_waiting_tokens
         ):
-            planner.admit(self.max_num_seqs, self._whole)
+            planner.admit(self.max_num_seqs, self._whole, self.kv_watermark_frac)
         if planner.prefill:
             self.last_prefill_step_ = view.decode_step
             return planner.plan()

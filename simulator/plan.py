@@ -38,6 +38,8 @@ class EngineLimits:
     block_size_tokens: int
     max_model_len: int
     """Longest prompt + output the deployment accepts (longer requests are rejected)."""
+    kv_watermark_frac: float = 0.0
+    """Share of the KV cache that admission leaves free (vLLM v0's watermark)."""
 
 
 @dataclass(slots=True)
@@ -114,6 +116,10 @@ class ReplicaView(Protocol):
         ...
     @property
     def num_free_blocks(self) -> int: ...
+    @property
+    def num_kv_blocks(self) -> int:
+        """The replica's whole KV cache, in blocks."""
+        ...
     @property
     def block_size_tokens(self) -> int: ...
     def num_decode_blocks_needed(self) -> int:

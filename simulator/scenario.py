@@ -154,6 +154,11 @@ class EngineConfig(_Section):
         "(None: up to the whole budget).",
     )
     block_size_tokens: int = Field(default=16, gt=0, description="Tokens per paged KV block.")
+    kv_watermark_frac: float = Field(
+        default=0.0, ge=0, lt=1,
+        description="Share of KV blocks admission leaves free for running requests to grow "
+        "into (vLLM v0's watermark, 0.01 there; vLLM v1 has none).",
+    )
     gpu_memory_utilization_frac: float = Field(
         default=0.9, gt=0, le=1, description="Share of device memory the engine may use."
     )
@@ -197,6 +202,7 @@ class EngineConfig(_Section):
             long_prefill_token_threshold=self.long_prefill_token_threshold,
             block_size_tokens=self.block_size_tokens,
             max_model_len=max_model_len,
+            kv_watermark_frac=self.kv_watermark_frac,
         )
 
     @model_validator(mode="after")
