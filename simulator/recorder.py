@@ -19,7 +19,6 @@ class _Columns:
     """Named numpy columns with amortised O(1) append of rows and of blocks of rows."""
 
     def __init__(self, dtypes: dict[str, type]) -> None:
-        self._dtypes = dtypes
         self._size = 0
         # Zero-filled, so a block append may skip columns that are zero in it.
         self._data: dict[str, np.ndarray] = {
