@@ -68,18 +68,25 @@ class _Planner:
 
     def _take_victim(self) -> Request | None:
         if self._victims is None:
-            self._victims = reversed(self.view.running)
-        victim = next(self._victims, None)
+            self._victims = iter(self.view.victims)
+        victim = next((v for v in self._victims if self._may_preempt(v)), None)
         if victim is not None:
-            self.preempted.append(victim)
-            self._gone.add(victim.request_id)
-            self.free += self.view.num_blocks_held(victim)
-            if self.num_decode and self.view.is_decoding(victim):
-                # It no longer decodes this iteration: give back its token and block.
-                self.num_decode -= 1
-                self.budget += 1
-                self.free += _decode_blocks(self.view, victim)
+            self._preempt(victim)
         return victim
+
+    def _may_preempt(self, request: Request) -> bool:
+        """Not preempted already, and not given tokens in this plan."""
+        return not self.gone(request) and all(r is not request for r, _ in self.prefill)
+
+    def _preempt(self, victim: Request) -> None:
+        self.preempted.append(victim)
+        self._gone.add(victim.request_id)
+        self.free += self.view.num_blocks_held(victim)
+        if self.num_decode and self.view.is_decoding(victim):
+            # It no longer decodes this iteration: give back its token and block.
+            self.num_decode -= 1
+            self.budget += 1
+            self.free += _decode_blocks(self.view, victim)
 
     def reserve_decodes(self) -> None:
         """Every decoding request computes its token: take the budget and blocks for them,
@@ -119,22 +126,42 @@ class _Planner:
         watermark) last; nobody is admitted in an iteration that preempted (as vLLM)."""
         if self.preempted:
             return
-        reserve = int(watermark_frac * self.view.num_kv_blocks)
-        num_running = self.view.num_running
-        for request in self.view.waiting:
-            if num_running >= max_num_seqs or self.budget <= 0:
+        view = self.view
+        reserve = int(watermark_frac * view.num_kv_blocks)
+        num_running = view.num_running
+        for request in view.waiting:
+            if self.budget <= 0:
                 break
             tokens = chunk(request, self.budget)
             need = _blocks_for(request, tokens, self.block)
-            if tokens == 0 or need > self.free - reserve:
+            if num_running >= max_num_seqs or tokens == 0 or need > self.free - reserve:
+                if view.queue_preemptive and not self.prefill:
+                    self._displace_for(request, max_num_seqs, need + reserve)
                 break
             self.free -= need
             self.budget -= tokens
             num_running += 1
             self.prefill.append((request, tokens))
 
+    def _displace_for(self, request: Request, max_num_seqs: int, need: int) -> None:
+        """A preemptive queue order: preempt running requests that rank below the blocked
+        waiting ``request``, worst first, until a sequence slot and ``need`` blocks are
+        free; it is admitted next iteration (none is in an iteration that preempts)."""
+        view = self.view
+        rank = view.rank(request)
+        worse = sorted((r for r in view.running if view.rank(r) > rank and self._may_preempt(r)),
+                       key=view.rank, reverse=True)
+        num_running = view.num_running
+        for victim in worse:
+            if num_running < max_num_seqs and need <= self.free:
+                break
+            self._preempt(victim)
+            num_running -= 1
+
     def plan(self, *, may_repeat: bool = True, wake_on_arrival: bool | None = None
              ) -> IterationPlan:
+        if self.view.queue_preemptive and self.view.waiting:
+            may_repeat = False  # ranks change as requests progress: decide every step
         if wake_on_arrival is None:
             # In FIFO order a newcomer joins the back of the queue, so it can only be
             # admitted when the queue was empty; other orders may let it overtake.

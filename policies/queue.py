@@ -23,12 +23,16 @@ class FirstComeFirstServed:
     """Arrival order, preempted requests back at the front (vLLM's default)."""
 
     fifo = True
+    preemptive = False
 
     @classmethod
     def from_config(
         cls, params: PolicyParams, limits: EngineLimits, rng: np.random.Generator
     ) -> FirstComeFirstServed:
         return cls()
+
+    def rank(self, request: Request, view: ReplicaView) -> float:
+        return request.arrival_s
 
     def order(self, waiting: Sequence[Request], view: ReplicaView) -> Sequence[Request]:
         return waiting
@@ -42,6 +46,7 @@ class ShortestJobFirst:
     summary's ``queue_max_s`` shows it."""
 
     fifo = False
+    preemptive = False
     needs_predictor = True
 
     @classmethod
@@ -49,6 +54,9 @@ class ShortestJobFirst:
         cls, params: PolicyParams, limits: EngineLimits, rng: np.random.Generator
     ) -> ShortestJobFirst:
         return cls()
+
+    def rank(self, request: Request, view: ReplicaView) -> float:
+        return view.predicted_output_tokens(request)
 
     def order(self, waiting: Sequence[Request], view: ReplicaView) -> Sequence[Request]:
         if len(waiting) < 2:

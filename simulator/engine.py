@@ -28,7 +28,7 @@ from simulator.request import Request
 from simulator.results import Results, RunInfo
 from simulator.scenario import Scenario
 from workloads.config import ClosedLoopArrivals, SyntheticWorkload
-from workloads.generate import open_loop_requests
+from workloads.generate import RequestArrays, open_loop_requests
 
 _LENGTH_CHUNK = 65536
 MAX_REJECTED_IN_A_ROW = 100_000
@@ -51,6 +51,7 @@ class _Cluster:
         self.max_model_len = deployment.max_model_len
         self.num_kv_blocks = deployment.memory.num_kv_blocks
         self.block_size = eng.block_size_tokens
+        self.slo_ttft_s = math.inf if scenario.slo.ttft_s is None else scenario.slo.ttft_s
         limits = eng.limits(deployment.max_model_len)
         seeds = np.random.SeedSequence(scenario.seed).spawn(3)
         self.router = ROUTING.build(eng.routing, limits, np.random.default_rng(seeds[1]))
@@ -70,6 +71,7 @@ class _Cluster:
                 queue=QUEUE.build(eng.queue, limits, np.random.default_rng(policy_seeds[i][1])),
                 predictor=predictor,
                 num_host_blocks=deployment.memory.num_host_blocks,
+                preemption_victim=eng.preemption_victim,
                 num_kv_blocks=self.num_kv_blocks,
                 block_size_tokens=eng.block_size_tokens,
                 max_num_seqs=eng.max_num_seqs,
@@ -93,10 +95,22 @@ class _Cluster:
         return None
 
     def arrive(self, request_id: int, prompt_tokens: int, output_tokens: int,
-               route: int | None = None) -> None:
+               route: int | None = None,
+               attributes: tuple[int, float, int, int] | None = None) -> None:
         """A request arrives now; ``route`` is its replica (-1: rejected) when the whole
-        workload was routed ahead, None to ask the router."""
-        request = Request(request_id, self.env.now, prompt_tokens)
+        workload was routed ahead, None to ask the router; ``attributes`` are its
+        (priority, ttft_slo_s, prefix_id, prefix_tokens), None for the defaults."""
+        now = self.env.now
+        request = Request(request_id, now, prompt_tokens)
+        if attributes is not None:
+            priority, ttft_slo_s, prefix_id, prefix_tokens = attributes
+            assert 0 <= prefix_tokens <= prompt_tokens, (request_id, prefix_tokens)
+            request.priority = priority
+            request.ttft_slo_s = ttft_slo_s
+            request.prefix_id = prefix_id
+            request.prefix_tokens = prefix_tokens if prefix_id >= 0 else 0
+        slo_s = self.slo_ttft_s if math.isnan(request.ttft_slo_s) else request.ttft_slo_s
+        request.deadline_s = now + slo_s
         reason = self._rejection(prompt_tokens, output_tokens)
         if reason is not None:
             assert route is None or route < 0
@@ -134,17 +148,20 @@ def _route_ahead(deployment: Deployment, prompt_tokens: np.ndarray,
 
 
 def _open_loop(env: simpy.Environment, cluster: _Cluster, request_ids: np.ndarray,
-               arrival_s: np.ndarray, prompt_tokens: np.ndarray, output_tokens: np.ndarray,
-               routes: np.ndarray | None) -> Generator[simpy.Event, Any, None]:
-    route_list: list[int | None] = (
-        routes.tolist() if routes is not None else [None] * len(arrival_s)
+               requests: RequestArrays, routes: np.ndarray | None
+               ) -> Generator[simpy.Event, Any, None]:
+    n = len(requests.arrival_s)
+    route_list: list[int | None] = routes.tolist() if routes is not None else [None] * n
+    attributes: list[tuple[int, float, int, int]] | list[None] = (
+        requests.attributes() or [None] * n
     )
-    rows = zip(request_ids.tolist(), arrival_s.tolist(), prompt_tokens.tolist(),
-               output_tokens.tolist(), route_list, strict=True)
-    for request_id, t, prompt, output, route in rows:
+    rows = zip(request_ids.tolist(), requests.arrival_s.tolist(),
+               requests.prompt_tokens.tolist(), requests.output_tokens.tolist(), route_list,
+               attributes, strict=True)
+    for request_id, t, prompt, output, route, attrs in rows:
         if t > env.now:
             yield env.timeout(t - env.now)
-        cluster.arrive(request_id, prompt, output, route)
+        cluster.arrive(request_id, prompt, output, route, attrs)
 
 
 class _ClosedLoop:
@@ -244,8 +261,8 @@ def _run(env: simpy.Environment, cluster: _Cluster, recorder: Recorder,
 
 
 def _run_open_loop(deployment: Deployment, replica_indices: Sequence[int],
-                   request_ids: np.ndarray, arrival_s: np.ndarray, prompt_tokens: np.ndarray,
-                   output_tokens: np.ndarray, routes: np.ndarray | None) -> _GroupRun:
+                   request_ids: np.ndarray, requests: RequestArrays,
+                   routes: np.ndarray | None) -> _GroupRun:
     """Simulate ``replica_indices`` fed with these requests (the rejected ones included)."""
     scenario = deployment.scenario
     env = simpy.Environment()
@@ -253,14 +270,12 @@ def _run_open_loop(deployment: Deployment, replica_indices: Sequence[int],
     cluster = _Cluster(env, deployment, recorder, lambda _request: None, replica_indices)
     if routes is not None:
         for replica in cluster.replicas:
-            replica.expect_arrivals(arrival_s[routes == replica.index])
-    env.process(_open_loop(env, cluster, request_ids, arrival_s, prompt_tokens, output_tokens,
-                           routes))
+            replica.expect_arrivals(requests.arrival_s[routes == replica.index])
+    env.process(_open_loop(env, cluster, request_ids, requests, routes))
     return _run(env, cluster, recorder, scenario.stop.duration_s)
 
 
-def _run_in_workers(deployment: Deployment, workers: int, arrival_s: np.ndarray,
-                    prompt_tokens: np.ndarray, output_tokens: np.ndarray,
+def _run_in_workers(deployment: Deployment, workers: int, requests: RequestArrays,
                     routes: np.ndarray) -> _GroupRun:
     """Routed ahead, replicas never interact: simulate groups of them in parallel
     processes and merge. The frames equal a single-process run's (a test holds them)."""
@@ -270,8 +285,7 @@ def _run_in_workers(deployment: Deployment, workers: int, arrival_s: np.ndarray,
         # Rejected requests (route -1) are recorded by the first group.
         mine = np.isin(routes, group) | ((routes < 0) if g == 0 else False)
         ids = np.flatnonzero(mine)
-        tasks.append((deployment, group.tolist(), ids, arrival_s[ids], prompt_tokens[ids],
-                      output_tokens[ids], routes[ids]))
+        tasks.append((deployment, group.tolist(), ids, requests.take(ids), routes[ids]))
     method = "fork" if sys.platform == "linux" else "spawn"
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
         parts = list(pool.map(_run_open_loop, *zip(*tasks, strict=True)))
@@ -328,16 +342,14 @@ def simulate(scenario: Scenario, *, workers: int | None = None) -> Results:
         arrays = open_loop_requests(
             workload, num_requests=stop.num_requests, duration_s=stop.duration_s, rng=rng
         )
-        arrival_s = on_grid_array(arrays.arrival_s)
-        prompts, outputs = arrays.prompt_tokens, arrays.output_tokens
-        routes = _route_ahead(deployment, prompts, outputs)
-        num_workers = _num_workers(workers, len(all_replicas), len(arrival_s))
+        arrays = arrays._replace(arrival_s=on_grid_array(arrays.arrival_s))
+        routes = _route_ahead(deployment, arrays.prompt_tokens, arrays.output_tokens)
+        num_workers = _num_workers(workers, len(all_replicas), len(arrays.arrival_s))
         if routes is not None and num_workers > 1:
-            run = _run_in_workers(deployment, num_workers, arrival_s, prompts, outputs, routes)
+            run = _run_in_workers(deployment, num_workers, arrays, routes)
         else:
-            ids = np.arange(len(arrival_s))
-            run = _run_open_loop(deployment, all_replicas, ids, arrival_s, prompts, outputs,
-                                 routes)
+            ids = np.arange(len(arrays.arrival_s))
+            run = _run_open_loop(deployment, all_replicas, ids, arrays, routes)
 
     info = RunInfo(
         accelerator=deployment.accelerator,

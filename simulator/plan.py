@@ -101,6 +101,18 @@ class ReplicaView(Protocol):
     @property
     def running(self) -> Sequence[Request]: ...
     @property
+    def victims(self) -> Sequence[Request]:
+        """Running requests in the order preemption takes them (``engine.preemption_victim``:
+        last admitted first, or lowest priority first)."""
+        ...
+    @property
+    def queue_preemptive(self) -> bool:
+        """The queue order preempts running requests that rank below a waiting one."""
+        ...
+    def rank(self, request: Request) -> float:
+        """The queue order's rank of ``request``, lower first (for preemptive orders)."""
+        ...
+    @property
     def prefilling(self) -> Collection[Request]:
         """Running requests with prompt (or recompute) tokens left, in admission order."""
         ...
@@ -149,6 +161,16 @@ class QueueOrder(Protocol):
     fifo: bool
     """True when the order is arrival order (preempted requests first): a newcomer then
     joins the back and cannot overtake a blocked head, which lets runs ignore arrivals."""
+    preemptive: bool
+    """True when a waiting request that ranks above a running one should displace it
+    (MLFQ, preemptive priority): the batching policy then preempts the running request
+    to admit the waiting one, and runs of iterations stop while anyone waits."""
+
+    def rank(self, request: Request, view: ReplicaView) -> float:
+        """Lower ranks are served first; compares waiting and running requests alike (read
+        progress through ``view``, which is up to date inside runs)."""
+        ...
+
 
     def order(self, waiting: Sequence[Request], view: ReplicaView) -> Sequence[Request]:
         """``waiting`` in admission order; reads, never mutates."""

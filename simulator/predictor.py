@@ -37,13 +37,13 @@ PredictorConfig = Annotated[OraclePredictor | NoisyPredictor, Field(discriminato
 
 
 def build_predictor(config: OraclePredictor | NoisyPredictor,
-                    seed: int) -> Callable[[int, int], float]:
-    """(request id, true output tokens) -> predicted output tokens."""
+                    seed: int) -> Callable[[int, int, int], float]:
+    """(request id, prompt tokens, true output tokens) -> predicted output tokens."""
     if isinstance(config, OraclePredictor):
-        return lambda _request_id, true_tokens: float(true_tokens)
+        return lambda _request_id, _prompt_tokens, true_tokens: float(true_tokens)
     sigma = config.sigma
 
-    def noisy(request_id: int, true_tokens: int) -> float:
+    def noisy(request_id: int, _prompt_tokens: int, true_tokens: int) -> float:
         # One stream per request: the guess does not depend on who asks first.
         z = np.random.default_rng([seed, _NOISE_STREAM, request_id]).standard_normal()
         return true_tokens * math.exp(sigma * float(z))

@@ -104,6 +104,10 @@ class Recorder:
                 "generated_tokens": np.int64,
                 "num_preemptions": np.int64,
                 "recomputed_tokens": np.int64,
+                "priority": np.int64,
+                "ttft_slo_s": np.float64,
+                "prefix_id": np.int64,
+                "prefix_hit_tokens": np.int64,
                 "status": np.int8,
             }
         )
@@ -125,6 +129,10 @@ class Recorder:
             request.num_output_tokens,
             request.num_preemptions,
             request.num_recomputed_tokens,
+            request.priority,
+            request.ttft_slo_s,
+            request.prefix_id,
+            request.prefix_hit_tokens,
             REQUEST_STATUSES.index(status),
         )
 

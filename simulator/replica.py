@@ -58,8 +58,9 @@ class Replica:
         batching: BatchingPolicy,
         *,
         queue: QueueOrder,
-        predictor: Callable[[int, int], float] | None,
+        predictor: Callable[[int, int, int], float] | None,
         num_host_blocks: int = 0,
+        preemption_victim: str = "newest",
         num_kv_blocks: int,
         block_size_tokens: int,
         max_num_seqs: int,
@@ -76,6 +77,7 @@ class Replica:
         self.predictor = predictor
         self._num_host_blocks = num_host_blocks  # swap space; 0: recompute preemption
         self._host_blocks_free = num_host_blocks
+        self._victim_by_priority = preemption_victim == "lowest_priority"
         self._swap_bytes_pending = 0.0
         self.num_kv_blocks = num_kv_blocks
         self._block = block_size_tokens
@@ -142,6 +144,22 @@ class Replica:
         return list(self._running.values())
 
     @property
+    def victims(self) -> Sequence[Request]:
+        running = list(self._running.values())
+        if self._victim_by_priority:
+            # Highest priority value first, the last admitted among equals (stable sort).
+            running.sort(key=lambda r: r.priority)
+        running.reverse()
+        return running
+
+    @property
+    def queue_preemptive(self) -> bool:
+        return self.queue.preemptive
+
+    def rank(self, request: Request) -> float:
+        return self.queue.rank(request, self)
+
+    @property
     def prefilling(self) -> Collection[Request]:
         return self._prefilling.values()
 
@@ -201,8 +219,8 @@ class Replica:
         request.replica = self.index
         self._targets[request.request_id] = output_tokens
         if self.predictor is not None:
-            self._predicted[request.request_id] = self.predictor(request.request_id,
-                                                                 output_tokens)
+            self._predicted[request.request_id] = self.predictor(
+                request.request_id, request.prompt_tokens, output_tokens)
         self._outstanding_prompt_tokens += request.prompt_tokens
         self._waiting.append(request)
         if self._known_arrivals_s is not None:
@@ -213,7 +231,7 @@ class Replica:
         elif (
             self._interruptible
             and self._wake_on_arrival
-            and len(self._running) < self.max_num_seqs
+            and (len(self._running) < self.max_num_seqs or self.queue.preemptive)
         ):
             self._interruptible = False  # one interrupt per run
             self.process.interrupt()
@@ -332,7 +350,7 @@ class Replica:
             if (
                 self._next_known < len(known)
                 and self._wake_on_arrival
-                and len(self._running) < self.max_num_seqs
+                and (len(self._running) < self.max_num_seqs or self.queue.preemptive)
             ):
                 k = _started_by(ends, k, known[self._next_known])
             self._interruptible = False

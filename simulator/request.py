@@ -36,6 +36,24 @@ class Request:
     swapped_blocks: int = 0
     """KV blocks held in host memory while swapped out (0 otherwise)."""
     priority: int = 0
+    """Scheduling priority for priority-aware queue orders: lower is served first (as in
+    vLLM's ``priority`` scheduling)."""
+    deadline_s: float = math.inf
+    """When the first token is due: arrival plus the request's own TTFT target, or the
+    scenario's ``slo.ttft_s`` (inf without either). EDF orders by it."""
+    ttft_slo_s: float = math.nan
+    """The request's own TTFT target (its class's), NaN to use the scenario's."""
+    prefix_id: int = -1
+    """Shared content the prompt starts with (a system prompt, a session's history):
+    two requests with the same ``prefix_id`` have identical first ``min(prefix_tokens)``
+    tokens, which a prefix cache can share. -1: none."""
+    prefix_tokens: int = 0
+    """How many of the prompt's first tokens are the ``prefix_id`` content. When it is the
+    whole prompt (a session turn), the generated tokens continue that content too."""
+    shared_blocks: int = 0
+    """Of ``num_blocks``, those shared through the prefix cache (the first ones)."""
+    prefix_hit_tokens: int = 0
+    """Prompt tokens found in the prefix cache at admission, summed over admissions."""
     replica: int = -1
     first_scheduled_s: float = math.nan
     first_token_s: float = math.nan

@@ -173,6 +173,27 @@ class EngineConfig(_Section):
         "prefills again on resume (vLLM v1); 'swap' copies it to host memory over PCIe and "
         "back on resume (vLLM v0), recomputing only when swap space is full.",
     )
+    preemption_victim: Literal["newest", "lowest_priority"] = Field(
+        default="newest",
+        description="Which running request preemption takes first: 'newest' (last admitted, "
+        "vLLM's FCFS policy) or 'lowest_priority' (highest priority value, newest among "
+        "equals, vLLM's priority policy).",
+    )
+    kv_reservation: Literal["paged", "max", "predicted"] = Field(
+        default="paged",
+        description="KV blocks taken at admission: 'paged' only what the computed tokens need, "
+        "growing block by block (vLLM); 'max' prompt + the most output the request may "
+        "generate (FasterTransformer, TensorRT-LLM's guaranteed_no_evict); 'predicted' "
+        "prompt + the predictor's output length, growing on demand past it (needs "
+        "engine.predictor).",
+    )
+    prefix_cache: Literal["none", "hashed", "radix"] = Field(
+        default="hashed",
+        description="Reuse of KV across requests that share a prefix (workload prefix ids): "
+        "'hashed' full blocks as vLLM's automatic prefix caching (on by default in vLLM "
+        "v1), 'radix' token-granular matching as SGLang's RadixAttention, 'none' off. "
+        "Unreferenced cached blocks are evicted least recently used first.",
+    )
     swap_space_gib: float = Field(
         default=4.0, ge=0,
         description="Host memory per device for swapped-out KV, GiB (vLLM's swap_space).",

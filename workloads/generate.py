@@ -94,4 +94,4 @@ def _truncate(
         n = min(n, num_requests)
     if duration_s is not None:
         n = min(n, int(np.searchsorted(requests.arrival_s, duration_s, side="left")))
-    return RequestArrays(*(column[:n] for column in requests))
+    return requests.take(slice(0, n))

@@ -41,6 +41,30 @@ class RequestArrays(NamedTuple):
     arrival_s: np.ndarray
     prompt_tokens: np.ndarray
     output_tokens: np.ndarray
+    priority: np.ndarray | None = None
+    """int64 priority per request (lower is served first); None: all 0."""
+    ttft_slo_s: np.ndarray | None = None
+    """float64 TTFT target per request (NaN: the scenario's); None: the scenario's."""
+    prefix_id: np.ndarray | None = None
+    """int64 shared-prefix content id per request (-1: none); see ``Request.prefix_id``."""
+    prefix_tokens: np.ndarray | None = None
+    """int64 tokens of the prompt that are the ``prefix_id`` content (<= prompt)."""
+
+    def take(self, index: np.ndarray | slice) -> RequestArrays:
+        """The requests at ``index`` (a slice or integer array), every column alike."""
+        return RequestArrays(*(None if c is None else c[index] for c in self))
+
+    def attributes(self) -> list[tuple[int, float, int, int]] | None:
+        """Per request (priority, ttft_slo_s, prefix_id, prefix_tokens) as Python values,
+        or None when no optional column is set (requests then take the defaults)."""
+        optional = (self.priority, self.ttft_slo_s, self.prefix_id, self.prefix_tokens)
+        if all(c is None for c in optional):
+            return None
+        n = len(self.arrival_s)
+        defaults = (np.zeros(n, np.int64), np.full(n, np.nan), np.full(n, -1, np.int64),
+                    np.zeros(n, np.int64))
+        columns = [d if c is None else c for c, d in zip(optional, defaults, strict=True)]
+        return list(zip(*(c.tolist() for c in columns), strict=True))
 
 
 def trace_format(config: TraceWorkload) -> str:

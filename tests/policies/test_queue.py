@@ -59,8 +59,8 @@ def test_sjf_without_a_predictor_says_what_is_missing():
 
 def test_noisy_predictor_has_the_stated_log_error_and_is_stable():
     predict = build_predictor(NoisyPredictor(sigma=0.5), seed=3)
-    errors = np.log([predict(i, 100) / 100 for i in range(4000)])
+    errors = np.log([predict(i, 50, 100) / 100 for i in range(4000)])
     assert errors.std() == pytest.approx(0.5, rel=0.05)  # log-normal error, sigma 0.5
     assert abs(errors.mean()) < 0.03
-    assert predict(17, 100) == predict(17, 100)  # the same request, the same guess
-    assert build_predictor(OraclePredictor(), seed=3)(5, 321) == 321.0
+    assert predict(17, 50, 100) == predict(17, 50, 100)  # the same request, the same guess
+    assert build_predictor(OraclePredictor(), seed=3)(5, 50, 321) == 321.0

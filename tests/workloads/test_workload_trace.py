@@ -28,12 +28,12 @@ def sample_requests(n: int = 1000, seed: int = 0) -> RequestArrays:
 
 
 def write_csv(path: Path, r: RequestArrays) -> None:
-    pd.DataFrame(r._asdict()).to_csv(path, index=False)
+    pd.DataFrame(r._asdict()).dropna(axis=1, how='all').to_csv(path, index=False)
 
 
 def write_jsonl(path: Path, r: RequestArrays) -> None:
     with path.open("w") as f:
-        for a, p, o in zip(*(c.tolist() for c in r), strict=True):
+        for a, p, o in zip(*(c.tolist() for c in r[:3]), strict=True):
             f.write(json.dumps({"arrival_s": a, "prompt_tokens": p, "output_tokens": o}) + "\n")
 
 
