@@ -289,10 +289,9 @@ def _run_in_workers(deployment: Deployment, workers: int, requests: RequestArray
     method = "fork" if sys.platform == "linux" else "spawn"
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
         parts = list(pool.map(_run_open_loop, *zip(*tasks, strict=True)))
-    requests = pd.concat([p.requests for p in parts], ignore_index=True)
-    requests = requests.sort_values("request_id", kind="stable", ignore_index=True)
+    frame = pd.concat([p.requests for p in parts], ignore_index=True)
     return _GroupRun(
-        requests,
+        frame.sort_values("request_id", kind="stable", ignore_index=True),
         pd.concat([p.iterations for p in parts], ignore_index=True),
         np.sort(np.concatenate([p.itl_extra_s for p in parts])),
         max(p.end_s for p in parts),

@@ -52,7 +52,9 @@ class RequestArrays(NamedTuple):
 
     def take(self, index: np.ndarray | slice) -> RequestArrays:
         """The requests at ``index`` (a slice or integer array), every column alike."""
-        return RequestArrays(*(None if c is None else c[index] for c in self))
+        a, p, o, *optional = self
+        return RequestArrays(a[index], p[index], o[index],
+                             *(None if c is None else c[index] for c in optional))
 
     def attributes(self) -> list[tuple[int, float, int, int]] | None:
         """Per request (priority, ttft_slo_s, prefix_id, prefix_tokens) as Python values,
