@@ -21,7 +21,7 @@ from policies.queue import QUEUE
 from policies.routing import ROUTING
 from simulator.clock import on_grid, on_grid_array
 from simulator.deployment import Deployment, ScenarioError, resolve
-from simulator.predictor import build_predictor
+from simulator.predictor import Predictor, build_predictor
 from simulator.recorder import Recorder
 from simulator.replica import Replica
 from simulator.request import Request
@@ -42,7 +42,8 @@ class _Cluster:
     separate processes (``replica_indices``)."""
 
     def __init__(self, env: simpy.Environment, deployment: Deployment, recorder: Recorder,
-                 on_done: Callable[[Request], None], replica_indices: Sequence[int]) -> None:
+                 on_done: Callable[[Request], None], replica_indices: Sequence[int],
+                 predictor: Predictor | None) -> None:
         scenario = deployment.scenario
         eng = scenario.engine
         self.env = env
@@ -57,8 +58,6 @@ class _Cluster:
         self.router = ROUTING.build(eng.routing, limits, np.random.default_rng(seeds[1]))
         # Per replica: one stream for its batching policy, one for its queue order.
         policy_seeds = [s.spawn(2) for s in seeds[2].spawn(scenario.deployment.replicas)]
-        predictor = None if eng.predictor is None else build_predictor(eng.predictor,
-                                                                         scenario.seed)
         if predictor is None and getattr(QUEUE.get(eng.queue.kind), "needs_predictor", False):
             raise ScenarioError(
                 f"engine.queue={eng.queue.kind!r} orders by predicted output length: set "
@@ -119,6 +118,14 @@ class _Cluster:
             return
         index = self.router.route(request, self.replicas) if route is None else route
         self._by_index[index].submit(request, output_tokens)
+
+
+def _predictor(scenario: Scenario, requests: RequestArrays | None) -> Predictor | None:
+    """The scenario's length predictor, built once for the whole run (so every replica
+    and worker sees the same guesses); ``requests`` is what a learning predictor may
+    learn from (None for a closed loop)."""
+    config = scenario.engine.predictor
+    return None if config is None else build_predictor(config, scenario.seed, requests)
 
 
 def _rejected(deployment: Deployment, prompt_tokens: np.ndarray,
@@ -262,12 +269,13 @@ def _run(env: simpy.Environment, cluster: _Cluster, recorder: Recorder,
 
 def _run_open_loop(deployment: Deployment, replica_indices: Sequence[int],
                    request_ids: np.ndarray, requests: RequestArrays,
-                   routes: np.ndarray | None) -> _GroupRun:
+                   routes: np.ndarray | None, predictor: Predictor | None) -> _GroupRun:
     """Simulate ``replica_indices`` fed with these requests (the rejected ones included)."""
     scenario = deployment.scenario
     env = simpy.Environment()
     recorder = Recorder(scenario.deployment.replicas)
-    cluster = _Cluster(env, deployment, recorder, lambda _request: None, replica_indices)
+    cluster = _Cluster(env, deployment, recorder, lambda _request: None, replica_indices,
+                       predictor)
     if routes is not None:
         for replica in cluster.replicas:
             replica.expect_arrivals(requests.arrival_s[routes == replica.index])
@@ -276,7 +284,7 @@ def _run_open_loop(deployment: Deployment, replica_indices: Sequence[int],
 
 
 def _run_in_workers(deployment: Deployment, workers: int, requests: RequestArrays,
-                    routes: np.ndarray) -> _GroupRun:
+                    routes: np.ndarray, predictor: Predictor | None) -> _GroupRun:
     """Routed ahead, replicas never interact: simulate groups of them in parallel
     processes and merge. The frames equal a single-process run's (a test holds them)."""
     groups = np.array_split(np.arange(deployment.scenario.deployment.replicas), workers)
@@ -285,7 +293,8 @@ def _run_in_workers(deployment: Deployment, workers: int, requests: RequestArray
         # Rejected requests (route -1) are recorded by the first group.
         mine = np.isin(routes, group) | ((routes < 0) if g == 0 else False)
         ids = np.flatnonzero(mine)
-        tasks.append((deployment, group.tolist(), ids, requests.take(ids), routes[ids]))
+        tasks.append((deployment, group.tolist(), ids, requests.take(ids), routes[ids],
+                      predictor))
     method = "fork" if sys.platform == "linux" else "spawn"
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
         parts = list(pool.map(_run_open_loop, *zip(*tasks, strict=True)))
@@ -334,7 +343,8 @@ def simulate(scenario: Scenario, *, workers: int | None = None) -> Results:
         closed = _ClosedLoop(
             env, workload, workload.arrival, stop.num_requests, stop.duration_s, rng
         )
-        cluster = _Cluster(env, deployment, recorder, closed.on_done, all_replicas)
+        predictor = _predictor(scenario, None)
+        cluster = _Cluster(env, deployment, recorder, closed.on_done, all_replicas, predictor)
         closed.start(cluster)
         run = _run(env, cluster, recorder, stop.duration_s)
     else:
@@ -343,12 +353,13 @@ def simulate(scenario: Scenario, *, workers: int | None = None) -> Results:
         )
         arrays = arrays._replace(arrival_s=on_grid_array(arrays.arrival_s))
         routes = _route_ahead(deployment, arrays.prompt_tokens, arrays.output_tokens)
+        predictor = _predictor(scenario, arrays)
         num_workers = _num_workers(workers, len(all_replicas), len(arrays.arrival_s))
         if routes is not None and num_workers > 1:
-            run = _run_in_workers(deployment, num_workers, arrays, routes)
+            run = _run_in_workers(deployment, num_workers, arrays, routes, predictor)
         else:
             ids = np.arange(len(arrays.arrival_s))
-            run = _run_open_loop(deployment, all_replicas, ids, arrays, routes)
+            run = _run_open_loop(deployment, all_replicas, ids, arrays, routes, predictor)
 
     info = RunInfo(
         accelerator=deployment.accelerator,

@@ -17,6 +17,8 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from workloads.trace import RequestArrays
+
 
 class OraclePredictor(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -33,19 +35,33 @@ class NoisyPredictor(BaseModel):
 
 _NOISE_STREAM = 0x5EED
 
+Predictor = Callable[[int, int, int], float]
+"""(request id, prompt tokens, true output tokens) -> predicted output tokens; picklable
+(runs in worker processes)."""
+
 PredictorConfig = Annotated[OraclePredictor | NoisyPredictor, Field(discriminator="kind")]
 
 
-def build_predictor(config: OraclePredictor | NoisyPredictor,
-                    seed: int) -> Callable[[int, int, int], float]:
-    """(request id, prompt tokens, true output tokens) -> predicted output tokens."""
+def build_predictor(config: OraclePredictor | NoisyPredictor, seed: int,
+                    requests: RequestArrays | None = None) -> Predictor:
+    """The predictor ``config`` names; ``requests`` (the workload) is what a learning
+    predictor learns from."""
     if isinstance(config, OraclePredictor):
-        return lambda _request_id, _prompt_tokens, true_tokens: float(true_tokens)
-    sigma = config.sigma
+        return _Oracle()
+    return _Noisy(config.sigma, seed)
 
-    def noisy(request_id: int, _prompt_tokens: int, true_tokens: int) -> float:
+
+class _Oracle:
+    def __call__(self, request_id: int, prompt_tokens: int, output_tokens: int) -> float:
+        return float(output_tokens)
+
+
+class _Noisy:
+    def __init__(self, sigma: float, seed: int) -> None:
+        self.sigma = sigma
+        self.seed = seed
+
+    def __call__(self, request_id: int, prompt_tokens: int, output_tokens: int) -> float:
         # One stream per request: the guess does not depend on who asks first.
-        z = np.random.default_rng([seed, _NOISE_STREAM, request_id]).standard_normal()
-        return true_tokens * math.exp(sigma * float(z))
-
-    return noisy
+        z = np.random.default_rng([self.seed, _NOISE_STREAM, request_id]).standard_normal()
+        return output_tokens * math.exp(self.sigma * float(z))

@@ -32,6 +32,7 @@ import simpy
 from simulator.clock import on_grid, on_grid_array
 from simulator.cost import CostModel
 from simulator.plan import BatchingPolicy, IterationPlan, QueueOrder
+from simulator.predictor import Predictor
 from simulator.recorder import Recorder
 from simulator.request import Request
 
@@ -58,7 +59,7 @@ class Replica:
         batching: BatchingPolicy,
         *,
         queue: QueueOrder,
-        predictor: Callable[[int, int, int], float] | None,
+        predictor: Predictor | None,
         num_host_blocks: int = 0,
         preemption_victim: str = "newest",
         num_kv_blocks: int,
