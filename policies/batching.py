@@ -19,8 +19,9 @@ from simulator.request import Request
 
 BATCHING: Registry[BatchingPolicy] = Registry("batching")
 
-Chunker = Callable[[Request, int], int]
-"""(request, tokens left in the budget) -> tokens to compute this iteration (0: none)."""
+Chunker = Callable[[int, int], int]
+"""(request's tokens left to compute, tokens left in the budget) -> tokens to compute
+this iteration (0: none)."""
 
 
 def _blocks_for(request: Request, tokens: int, block: int) -> int:
@@ -39,8 +40,7 @@ def chunker(chunked: bool, threshold: int | None = None) -> Chunker:
     """Chunked: as many tokens as the budget (and ``threshold``) allow. Whole: the rest of
     the prompt if it fits the budget, else nothing."""
 
-    def chunk(request: Request, budget: int) -> int:
-        tokens = request.num_tokens_to_compute
+    def chunk(tokens: int, budget: int) -> int:
         if chunked:
             return min(tokens, budget, threshold or tokens)
         return tokens if tokens <= budget else 0
@@ -81,7 +81,8 @@ class _Planner:
     def _preempt(self, victim: Request) -> None:
         self.preempted.append(victim)
         self._gone.add(victim.request_id)
-        self.free += self.view.num_blocks_held(victim)
+        # Its own blocks come free; cached ones it shares may stay referenced by others.
+        self.free += self.view.num_blocks_held(victim) - victim.shared_blocks
         if self.num_decode and self.view.is_decoding(victim):
             # It no longer decodes this iteration: give back its token and block.
             self.num_decode -= 1
@@ -102,7 +103,7 @@ class _Planner:
     def _fit(self, request: Request, tokens: int) -> bool:
         """Reserve blocks for ``tokens`` more of ``request``, preempting others from the
         tail if needed; False if that would preempt ``request`` itself."""
-        need = _blocks_for(request, tokens, self.block) - self.view.num_blocks_held(request)
+        need = max(0, _blocks_for(request, tokens, self.block) - self.view.num_blocks_held(request))
         while need > self.free and not self.gone(request):
             if self._take_victim() is None:
                 return False
@@ -116,7 +117,7 @@ class _Planner:
         for request in self.view.prefilling:
             if self.budget <= 0 or self.gone(request):
                 continue
-            tokens = chunk(request, self.budget)
+            tokens = chunk(request.num_tokens_to_compute, self.budget)
             if tokens and self._fit(request, tokens):
                 self.budget -= tokens
                 self.prefill.append((request, tokens))
@@ -132,8 +133,13 @@ class _Planner:
         for request in view.waiting:
             if self.budget <= 0:
                 break
-            tokens = chunk(request, self.budget)
-            need = _blocks_for(request, tokens, self.block)
+            hit_tokens, hit_blocks = view.prefix_hit(request)
+            tokens = chunk(request.num_tokens_to_compute - hit_tokens, self.budget)
+            # Blocks it takes: its own (at least its reservation) beyond the cached prefix,
+            # plus cached blocks it references that nobody did (they were free to others).
+            own = max(_blocks_for(request, hit_tokens + tokens, self.block),
+                      view.reserved_blocks(request)) - hit_tokens // self.block
+            need = own + hit_blocks
             if num_running >= max_num_seqs or tokens == 0 or need > self.free - reserve:
                 if view.queue_preemptive and not self.prefill:
                     self._displace_for(request, max_num_seqs, need + reserve)

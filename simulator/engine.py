@@ -63,6 +63,19 @@ class _Cluster:
                 f"engine.queue={eng.queue.kind!r} orders by predicted output length: set "
                 f"engine.predictor (e.g. {{kind: oracle}} or {{kind: noisy, sigma: 0.5}})"
             )
+        if eng.kv_reservation == "predicted" and predictor is None:
+            raise ScenarioError(
+                "engine.kv_reservation='predicted' reserves prompt + predicted output: set "
+                "engine.predictor (e.g. {kind: oracle} or {kind: noisy, sigma: 0.5})"
+            )
+        if eng.kv_reservation == "max":
+            blocks = -(-(self.max_model_len - 1) // self.block_size)
+            if blocks > self.num_kv_blocks:
+                raise ScenarioError(
+                    f"engine.kv_reservation='max' reserves max_model_len - 1 = "
+                    f"{self.max_model_len - 1} tokens ({blocks} blocks) per request, but the "
+                    f"KV cache holds {self.num_kv_blocks} blocks; lower engine.max_model_len"
+                )
         self.replicas = [
             Replica(
                 env, i, deployment.cost,
@@ -71,6 +84,9 @@ class _Cluster:
                 predictor=predictor,
                 num_host_blocks=deployment.memory.num_host_blocks,
                 preemption_victim=eng.preemption_victim,
+                kv_reservation=eng.kv_reservation,
+                prefix_cache=eng.prefix_cache,
+                max_model_len=deployment.max_model_len,
                 num_kv_blocks=self.num_kv_blocks,
                 block_size_tokens=eng.block_size_tokens,
                 max_num_seqs=eng.max_num_seqs,

@@ -137,6 +137,15 @@ class ReplicaView(Protocol):
     def num_decode_blocks_needed(self) -> int:
         """Blocks the decoding requests need for this iteration's tokens."""
         ...
+    def prefix_hit(self, request: Request) -> tuple[int, int]:
+        """For a waiting request: (prompt tokens the prefix cache holds for it, which
+        admission skips; cached blocks it would reference that nobody references now,
+        which admission takes from the free ones). (0, 0) without a cache or a prefix."""
+        ...
+    def reserved_blocks(self, request: Request) -> int:
+        """Blocks admission must give ``request`` whatever it computes first: its KV
+        reservation (``engine.kv_reservation``); 0 for paged allocation."""
+        ...
     def num_blocks_held(self, request: Request) -> int:
         """Blocks ``request`` holds now (up to date even inside a fast-forwarded run)."""
         ...

@@ -33,6 +33,7 @@ from simulator.clock import on_grid, on_grid_array
 from simulator.cost import CostModel
 from simulator.plan import BatchingPolicy, IterationPlan, QueueOrder
 from simulator.predictor import Predictor
+from simulator.prefix_cache import PrefixCache
 from simulator.recorder import Recorder
 from simulator.request import Request
 
@@ -62,6 +63,9 @@ class Replica:
         predictor: Predictor | None,
         num_host_blocks: int = 0,
         preemption_victim: str = "newest",
+        kv_reservation: str = "paged",
+        prefix_cache: str = "none",
+        max_model_len: int = 0,
         num_kv_blocks: int,
         block_size_tokens: int,
         max_num_seqs: int,
@@ -79,6 +83,9 @@ class Replica:
         self._num_host_blocks = num_host_blocks  # swap space; 0: recompute preemption
         self._host_blocks_free = num_host_blocks
         self._victim_by_priority = preemption_victim == "lowest_priority"
+        self._reservation = kv_reservation
+        self._max_model_len = max_model_len
+        self._cache = None if prefix_cache == "none" else PrefixCache(block_size_tokens)
         self._swap_bytes_pending = 0.0
         self.num_kv_blocks = num_kv_blocks
         self._block = block_size_tokens
@@ -103,6 +110,8 @@ class Replica:
         self._ctx_sum = 0
         self._block_phase = np.zeros(block_size_tokens, dtype=np.int64)
         self._finish_heap: list[tuple[int, int, Request]] = []
+        # (decode step from which it allocates blocks, id, request): reservations used up.
+        self._grow_heap: list[tuple[int, int, Request]] = []
         self._free_slots = list(range(max_num_seqs - 1, -1, -1))
         self._slot_ctx0 = np.zeros(max_num_seqs, dtype=np.int64)  # for sliding windows
         self._slot_it0 = np.zeros(max_num_seqs, dtype=np.int64)
@@ -176,6 +185,24 @@ class Replica:
     def block_size_tokens(self) -> int:
         return self._block
 
+    def prefix_hit(self, request: Request) -> tuple[int, int]:
+        cache = self._cache
+        if cache is None or request.prefix_id < 0 or request.num_computed_tokens:
+            return 0, 0
+        hit = cache.hit_blocks(request.prefix_id, request.prefix_tokens,
+                               request.num_known_tokens)
+        return hit * self._block, max(0, hit - cache.num_held(request.prefix_id))
+
+    def reserved_blocks(self, request: Request) -> int:
+        if self._reservation == "paged":
+            return 0
+        if self._reservation == "max":
+            tokens = self._max_model_len - 1  # the most KV any request may store
+        else:
+            predicted = max(1, math.ceil(self.predicted_output_tokens(request)))
+            tokens = min(request.prompt_tokens + predicted, self._max_model_len) - 1
+        return -(-tokens // self._block)
+
     def num_decode_blocks_needed(self) -> int:
         return int(self._block_phase[self.decode_step % self._block])
 
@@ -203,7 +230,7 @@ class Replica:
 
     def num_blocks_held(self, request: Request) -> int:
         if request.slot >= 0:
-            return math.ceil(self.num_computed(request) / self._block)
+            return max(request.num_blocks, -(-self.num_computed(request) // self._block))
         return request.num_blocks
 
     # ---- arrivals ----
@@ -244,6 +271,7 @@ class Replica:
             if not self._running and not self._waiting:
                 yield from self._sleep()
                 continue
+            self._join_growing()
             plan = self.batching.schedule(self)
             self._preempt(plan.preempted)
             if not plan.prefill and plan.num_decode_seqs == 0:
@@ -272,9 +300,13 @@ class Replica:
         q: list[int] = []
         ctx: list[int] = []
         for request, tokens in plan.prefill:
+            floor = 0
             if request.request_id not in self._running:
                 self._admit(request, start_s)
-            blocks = math.ceil((request.num_computed_tokens + tokens) / self._block)
+                floor = self.reserved_blocks(request)
+            assert request.num_computed_tokens + tokens <= request.num_known_tokens
+            blocks = max(-(-(request.num_computed_tokens + tokens) // self._block),
+                         request.num_blocks, floor)
             self.num_blocks_used += blocks - request.num_blocks
             request.num_blocks = blocks
             q.append(tokens)
@@ -284,6 +316,7 @@ class Replica:
         self._decode_blocks_in_flight = self.num_decode_blocks_needed() if num_decode else 0
         self.num_blocks_used += self._decode_blocks_in_flight
         assert self.num_blocks_used <= self.num_kv_blocks, "plan over-allocates KV blocks"
+        self._evict_cached()
         swap_bytes, self._swap_bytes_pending = self._swap_bytes_pending, 0.0
         if q:
             if not num_decode:
@@ -329,6 +362,8 @@ class Replica:
         n = self._num_decoding
         self._clean_heap()
         k = min(self._finish_heap[0][0] - step0 + 1, self._horizon)
+        if self._grow_heap:  # stop where a reservation runs out (it then allocates)
+            k = min(k, self._grow_heap[0][0] - step0)
         # Blocks allocated per step: the phase histogram read cyclically from step0.
         steps = np.arange(step0, step0 + k)
         new_blocks = self._block_phase[steps % self._block]
@@ -387,6 +422,7 @@ class Replica:
         self.decode_step += k
         self._ctx_sum += n * k
         self.num_blocks_used = int(blocks_used[k - 1])
+        self._evict_cached()
         self._finish_decodes(self.env.now)
 
     # ---- state changes ----
@@ -436,6 +472,14 @@ class Replica:
             self._host_blocks_free += request.swapped_blocks
             request.swapped_blocks = 0
             self._swap_bytes_pending += self._kv_bytes(request)
+        elif self._cache is not None and request.prefix_id >= 0:
+            hit = self._cache.hit_blocks(request.prefix_id, request.prefix_tokens,
+                                         request.num_known_tokens)
+            if hit:  # its first blocks are cached: reference them, skip their compute
+                self.num_blocks_used += self._cache.acquire(request.prefix_id, hit)
+                request.shared_blocks = request.num_blocks = hit
+                request.num_computed_tokens = hit * self._block
+                request.prefix_hit_tokens += hit * self._block
         if math.isnan(request.first_scheduled_s):
             request.first_scheduled_s = now
 
@@ -448,6 +492,7 @@ class Replica:
         request.num_output_tokens += 1
         request.last_token_s = now
         del self._prefilling[request.request_id]
+        self._publish(request)
         target = self._targets[request.request_id]
         if request.num_output_tokens >= target:
             self._finish(request, now)
@@ -460,10 +505,17 @@ class Replica:
         self._slot_ctx0[slot] = ctx
         self._slot_it0[slot] = self.decode_step
         self._slot_active[slot] = True
-        self._block_phase[(self.decode_step - ctx) % self._block] += 1
         self._ctx_sum += ctx
         self._num_decoding += 1
         last_it = self.decode_step + (target - request.num_output_tokens) - 1
+        slack = request.num_blocks - -(-ctx // self._block)  # whole blocks reserved ahead
+        if slack > 0:  # allocates nothing until it has filled them
+            request.grow_it = self.decode_step + slack * self._block
+            if request.grow_it <= last_it:
+                heapq.heappush(self._grow_heap, (request.grow_it, request.request_id, request))
+        else:
+            request.grow_it = -1
+            self._block_phase[(self.decode_step - ctx) % self._block] += 1
         request.decode_last_it = last_it
         heapq.heappush(self._finish_heap, (last_it, request.request_id, request))
 
@@ -473,13 +525,16 @@ class Replica:
         request.num_output_tokens += steps
         request.num_computed_tokens += steps
         request.decode_it0 = self.decode_step
-        request.num_blocks = math.ceil(request.num_computed_tokens / self._block)
+        request.num_blocks = max(request.num_blocks,
+                                 -(-request.num_computed_tokens // self._block))
 
     def _stop_decoding(self, request: Request) -> None:
         self._sync(request)
-        ctx0 = int(self._slot_ctx0[request.slot])
-        it0 = int(self._slot_it0[request.slot])
-        self._block_phase[(it0 - ctx0) % self._block] -= 1
+        if request.grow_it < 0:  # it was allocating: leave the histogram
+            ctx0 = int(self._slot_ctx0[request.slot])
+            it0 = int(self._slot_it0[request.slot])
+            self._block_phase[(it0 - ctx0) % self._block] -= 1
+        request.grow_it = -1
         self._ctx_sum -= request.num_computed_tokens
         self._num_decoding -= 1
         self._slot_active[request.slot] = False
@@ -502,10 +557,62 @@ class Replica:
                 self._finish(request, now)
 
 
+    def _join_growing(self) -> None:
+        """Decoding requests whose reservation is used up from this step on start
+        allocating: they join the block-phase histogram (runs stop at this step)."""
+        heap = self._grow_heap
+        while heap and heap[0][0] <= self.decode_step:
+            step, _, request = heapq.heappop(heap)
+            if request.slot >= 0 and request.grow_it == step:
+                assert step == self.decode_step
+                request.grow_it = -1
+                ctx0 = int(self._slot_ctx0[request.slot])
+                it0 = int(self._slot_it0[request.slot])
+                self._block_phase[(it0 - ctx0) % self._block] += 1
+
+    def _publish(self, request: Request) -> None:
+        """Offer ``request``'s computed blocks of its prefix content to the prefix cache
+        (a session's output continues its content), and reference them from there."""
+        cache = self._cache
+        if cache is None or request.prefix_id < 0:
+            return
+        if request.prefix_tokens < request.prompt_tokens:
+            content = request.prefix_tokens
+        else:  # the whole prompt is shared content: the output continues it
+            content = request.num_known_tokens
+        blocks = min(content, request.num_computed_tokens) // self._block
+        if blocks <= request.shared_blocks:
+            return
+        chain = request.prefix_id
+        cache.extend(chain, blocks)
+        unreferenced = cache.release(chain, request.shared_blocks)
+        referenced = cache.acquire(chain, blocks)
+        # Its own copies of blocks [shared, blocks) are now the cache's (or duplicates).
+        self.num_blocks_used += referenced - unreferenced - (blocks - request.shared_blocks)
+        request.shared_blocks = blocks
+
+    def _free_blocks(self, request: Request) -> None:
+        """``request`` gives back its device blocks: its own are freed, its references to
+        cached ones dropped (those stay cached, evictable once nobody references them)."""
+        self.num_blocks_used -= request.num_blocks - request.shared_blocks
+        if request.shared_blocks:
+            assert self._cache is not None
+            self.num_blocks_used -= self._cache.release(request.prefix_id,
+                                                        request.shared_blocks)
+            request.shared_blocks = 0
+        request.num_blocks = 0
+
+    def _evict_cached(self) -> None:
+        """Evict unreferenced cached blocks (LRU) where allocation needs their room."""
+        if self._cache is not None:
+            excess = self.num_blocks_used + self._cache.num_evictable - self.num_kv_blocks
+            if excess > 0:
+                self._cache.evict(excess)
+
     def _finish(self, request: Request, now: float) -> None:
         del self._running[request.request_id]
-        self.num_blocks_used -= request.num_blocks
-        request.num_blocks = 0
+        self._publish(request)
+        self._free_blocks(request)
         output_tokens = self._targets.pop(request.request_id)
         self._predicted.pop(request.request_id, None)
         self._outstanding_prompt_tokens -= request.prompt_tokens
@@ -525,7 +632,7 @@ class Replica:
             else:
                 del self._prefilling[request.request_id]
             del self._running[request.request_id]
-            self.num_blocks_used -= request.num_blocks
+            self._publish(request)  # what it computed of its prefix stays cached
             if 0 < request.num_blocks <= self._host_blocks_free:  # swap out over PCIe
                 self._host_blocks_free -= request.num_blocks
                 request.swapped_blocks = request.num_blocks
@@ -533,7 +640,7 @@ class Replica:
             else:
                 request.num_recomputed_tokens += request.num_computed_tokens
                 request.num_computed_tokens = 0
-            request.num_blocks = 0
+            self._free_blocks(request)
             request.num_preemptions += 1
         # Last admitted first in ``victims``; the earliest admitted ends at the front.
         self._waiting.extendleft(victims)
@@ -548,8 +655,16 @@ class Replica:
 
     def check_invariants(self) -> None:
         """KV accounting and decode totals agree with a from-scratch recount."""
-        held = sum(self.num_blocks_held(r) for r in self._running.values())
-        held += self._decode_blocks_in_flight
+        own = sum(self.num_blocks_held(r) - r.shared_blocks for r in self._running.values())
+        shared = 0
+        if self._cache is not None:
+            self._cache.check()
+            refs = sorted((r.prefix_id, r.shared_blocks) for r in self._running.values()
+                          if r.shared_blocks)
+            assert refs == self._cache.references(), "prefix-cache references disagree"
+            shared = self._cache.num_held_total()
+            assert self.num_blocks_used + self._cache.num_evictable <= self.num_kv_blocks
+        held = own + shared + self._decode_blocks_in_flight
         assert held == self.num_blocks_used, (held, self.num_blocks_used)
         assert 0 <= self.num_blocks_used <= self.num_kv_blocks
         decoding = [r for r in self._running.values() if r.slot >= 0]

@@ -66,6 +66,10 @@ class Request:
     entry with another value is stale (the request was preempted since)."""
     decode_it0: int = 0
     """Replica decode step at which the counts above were last exact (while decoding)."""
+    grow_it: int = -1
+    """Decode step from which a decoding request allocates blocks again, after the slack
+    of a KV reservation is used up; -1 once it does (it then counts in the replica's
+    block-phase histogram)."""
 
     @property
     def num_known_tokens(self) -> int:
