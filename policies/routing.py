@@ -7,6 +7,7 @@ keeps routing identical whether the engine steps every iteration or fast-forward
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -166,3 +167,85 @@ class PowerOfTwoChoices:
         sampled = self.rng.choice(len(replicas), size=k, replace=False)
         loads = [replicas[i].num_running + replicas[i].num_waiting for i in sampled]
         return int(sampled[int(np.argmin(loads))])
+
+
+class PrefixAffinityParams(PolicyParams):
+    balance_abs_threshold: int = Field(
+        default=32, ge=0,
+        description="Requests (running + waiting) by which a prefix's home must exceed the "
+                    "least-loaded replica, together with the relative threshold, before the "
+                    "prefix moves there.",
+    )
+    balance_rel_threshold: float = Field(
+        default=1.5, ge=1.0,
+        description="Factor by which a prefix's home load must exceed the least-loaded "
+                    "replica's, together with the absolute threshold, before the prefix "
+                    "moves there.",
+    )
+    max_prefixes: int | None = Field(
+        default=None, gt=0,
+        description="Most prefix homes remembered; the least recently routed is forgotten "
+                    "beyond (a router's bounded memory). None: one entry per distinct "
+                    "prefix_id seen.",
+    )
+
+
+@ROUTING.register("prefix_affinity", params=PrefixAffinityParams)
+class PrefixAffinity:
+    """Requests sharing a ``prefix_id`` go where that prefix went last, so they find it in
+    that replica's prefix cache, unless that replica is overloaded; modelled on SGLang's
+    router ``cache_aware`` policy (sgl-router).
+
+    Load is requests running + waiting. A request without a prefix, or with a prefix not
+    seen yet, goes to the least-loaded replica (ties: lowest index). A known prefix goes
+    to its home unless the home is imbalanced against the least-loaded replica, i.e. both
+    ``home - least > balance_abs_threshold`` and ``home > balance_rel_threshold * least``;
+    then it goes to the least-loaded replica, which becomes its new home. Sessions carry
+    their id as ``prefix_id``, so this is also session affinity; for stickiness without
+    balancing, set ``balance_abs_threshold`` above any queue.
+
+    Unlike sgl-router, which keeps an approximate radix tree per worker and matches prompt
+    text, prefixes here are exact ids; and the imbalance test compares the request's home
+    with the least-loaded replica rather than the cluster's busiest with its idlest, so a
+    prefix whose home is not the overloaded replica keeps its cache.
+
+    Learned state ``homes_`` maps prefix_id to replica index, least recently routed
+    first; it grows by one entry per distinct prefix_id unless ``max_prefixes`` caps it.
+    """
+
+    def __init__(self, balance_abs_threshold: int = 32, balance_rel_threshold: float = 1.5,
+                 max_prefixes: int | None = None) -> None:
+        self.balance_abs_threshold = balance_abs_threshold
+        self.balance_rel_threshold = balance_rel_threshold
+        self.max_prefixes = max_prefixes
+        self.homes_: OrderedDict[int, int] = OrderedDict()
+
+    @classmethod
+    def from_config(
+        cls, params: PolicyParams, limits: EngineLimits, rng: np.random.Generator
+    ) -> PrefixAffinity:
+        assert isinstance(params, PrefixAffinityParams)
+        return cls(params.balance_abs_threshold, params.balance_rel_threshold,
+                   params.max_prefixes)
+
+    def is_imbalanced(self, home_load: int, least_load: int) -> bool:
+        """Whether a home with ``home_load`` requests should yield to a replica with
+        ``least_load`` (both thresholds exceeded, strictly, as in sgl-router). A query:
+        changes nothing."""
+        return (home_load - least_load > self.balance_abs_threshold
+                and home_load > self.balance_rel_threshold * least_load)
+
+    def route(self, request: Request, replicas: Sequence[ReplicaLoad]) -> int:
+        loads = [r.num_running + r.num_waiting for r in replicas]
+        least = loads.index(min(loads))
+        prefix_id = request.prefix_id
+        if prefix_id < 0:
+            return least
+        home = self.homes_.get(prefix_id)
+        if home is None or self.is_imbalanced(loads[home], loads[least]):
+            home = least
+        self.homes_[prefix_id] = home
+        self.homes_.move_to_end(prefix_id)
+        if self.max_prefixes is not None and len(self.homes_) > self.max_prefixes:
+            self.homes_.popitem(last=False)
+        return home
