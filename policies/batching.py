@@ -303,19 +303,48 @@ class _WholePrompts:
         return cls(limits.max_num_seqs, limits.max_num_batched_tokens, limits.kv_watermark_frac)
 
 
-@BATCHING.register("prefill_first")
+class PrefillFirstParams(PolicyParams):
+    chunked: bool = Field(
+        default=False,
+        description="Split prompts to fit the token budget (SGLang); false: whole prompts "
+        "(vLLM v0).",
+    )
+
+
+@BATCHING.register("prefill_first", params=PrefillFirstParams)
 class PrefillFirstBatching(_WholePrompts):
     """vLLM v0's default scheduler (before chunked prefill): whenever waiting requests can
     be admitted, the iteration prefills them alone (whole prompts) and the running decodes
     pause; otherwise every running request decodes. Good for throughput; long prompts
-    stall decodes (the tail TPOT that chunked prefill removes)."""
+    stall decodes (the tail TPOT that chunked prefill removes).
+
+    With ``chunked: true``, prompts are split to fit the token budget (at most
+    ``engine.long_prefill_token_threshold`` each) but prefill iterations still run alone,
+    as SGLang schedules by default (chunked prefill, no mixed batches)."""
 
     policy_name = "prefill_first"
 
+    def __init__(self, max_num_seqs: int, max_num_batched_tokens: int,
+                 kv_watermark_frac: float = 0.0, chunked: bool = False,
+                 threshold: int | None = None) -> None:
+        super().__init__(max_num_seqs, max_num_batched_tokens, kv_watermark_frac)
+        self._prompts = chunker(chunked, threshold)
+
+    @classmethod
+    def from_config(
+        cls, params: PolicyParams, limits: EngineLimits, rng: np.random.Generator
+    ) -> PrefillFirstBatching:
+        assert isinstance(params, PrefillFirstParams)
+        if not params.chunked:
+            _require_whole_prompts_fit(cls.policy_name, limits)
+        return cls(limits.max_num_seqs, limits.max_num_batched_tokens,
+                   limits.kv_watermark_frac, params.chunked,
+                   limits.long_prefill_token_threshold)
+
     def schedule(self, view: ReplicaView) -> IterationPlan:
         prefills = _Planner(view, self.max_num_batched_tokens)
-        prefills.continue_prefills(self._whole)  # recomputes left by a preemption
-        prefills.admit(self.max_num_seqs, self._whole, self.kv_watermark_frac)
+        prefills.continue_prefills(self._prompts)  # chunks, and recomputes after preemption
+        prefills.admit(self.max_num_seqs, self._prompts, self.kv_watermark_frac)
         if prefills.prefill:
             return prefills.plan()
         decodes = _Planner(view, self.max_num_batched_tokens)

@@ -116,3 +116,17 @@ def test_kv_watermark_conforms_and_trades_preemptions_for_queueing():
     none, some = run(0.0), run(0.3)
     assert some.num_preemptions < 0.1 * none.num_preemptions
     assert some.queue_mean_s > none.queue_mean_s
+
+
+def test_chunked_prefill_first_runs_long_prompts_in_chunks_alone():
+    # SGLang's default: prompts longer than the budget are split (so they run at all),
+    # and prefill iterations never carry decodes.
+    s = tiny_scenario(engine={"batching": {"kind": "prefill_first", "chunked": True},
+                              "max_num_batched_tokens": 128},
+                      stop={"num_requests": 60})
+    r = simulate(s)
+    assert (r.requests.status == "finished").all()
+    assert (r.requests.prompt_tokens > 128).any()  # some prompts needed several chunks
+    it = r.iterations
+    assert it.num_prefill_tokens.max() <= 128
+    assert ((it.num_prefill_tokens == 0) | (it.num_decode_seqs == 0)).all()
