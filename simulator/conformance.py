@@ -90,6 +90,10 @@ def check_results(results: Results, capacity_blocks: int) -> None:
     assert (np.diff(ordered, axis=1) >= 0).all(), "arrival <= scheduled <= first token <= finish"
     assert (it.kv_blocks_used <= capacity_blocks).all(), "KV in use exceeded the cache"
     assert (it.kv_blocks_used >= 0).all()
+    block = results.info.block_size_tokens
+    assert (it.kv_tokens <= it.kv_blocks_used * block).all(), "more KV tokens than block room"
+    assert (it.kv_blocks_used + it.kv_blocks_cached <= capacity_blocks).all(), (
+        "in-use plus cached blocks exceeded the cache")
     # Tokens conserved: a decode emits one token per sequence; a prefill emits one when it
     # completes (a first token, or again after a recompute preemption).
     decoded = int(it.num_decode_seqs.sum())

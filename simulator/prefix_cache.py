@@ -40,6 +40,7 @@ class PrefixCache:
         self._lru: OrderedDict[int, None] = OrderedDict()  # chains, least recently used first
         self.num_evictable = 0
         self.num_evicted = 0
+        self._num_held = 0
 
     def num_cached(self, chain: int) -> int:
         return self._cached.get(chain, 0)
@@ -113,6 +114,7 @@ class PrefixCache:
         else:
             self._held.pop(chain, None)
         self.num_evictable -= held - old
+        self._num_held += held - old
         self._touch(chain)
         return held - old
 
@@ -126,7 +128,7 @@ class PrefixCache:
 
     def num_held_total(self) -> int:
         """Blocks referenced by running requests, all chains together."""
-        return sum(self._held.values())
+        return self._num_held
 
     def references(self) -> list[tuple[int, int]]:
         """Sorted (chain, blocks) of every running request's reference (for checks)."""
@@ -135,6 +137,7 @@ class PrefixCache:
 
     def check(self) -> None:
         """Counts agree with a recount."""
+        assert self._num_held == sum(self._held.values())
         assert self.num_evictable == sum(
             c - self._held.get(k, 0) for k, c in self._cached.items()
         )

@@ -79,6 +79,10 @@ ITERATION_COLUMNS: dict[str, type] = {
     "decode_gap_s": np.float64,
     "num_decode_continuing": np.int32,
     "swap_bytes": np.float64,  # KV copied between device and host (per device)
+    # KV tokens stored in the blocks in use once the iteration is done (shared prefix
+    # blocks once): kv_blocks_used x block size minus this is allocated but unused.
+    "kv_tokens": np.int64,
+    "kv_blocks_cached": np.int32,  # prefix-cache blocks nobody references (evictable)
 }
 
 REQUEST_STATUSES = ["finished", "rejected", "in_flight"]

@@ -40,7 +40,8 @@ from simulator.request import Request
 MAX_RUN_ITERATIONS = 4096
 """Longest decode run advanced in one event; bounds the arrays a run allocates."""
 _RUN_COLUMNS = ("start_s", "duration_s", "num_decode_seqs", "kv_blocks_used", "flops",
-                "hbm_bytes", "decode_gap_s", "num_decode_continuing")
+                "hbm_bytes", "decode_gap_s", "num_decode_continuing", "kv_tokens",
+                "kv_blocks_cached")
 """What a decode run records; its other iteration columns (prefill, preemption, swap) are 0."""
 
 MIN_HORIZON = 16
@@ -86,6 +87,7 @@ class Replica:
         self._reservation = kv_reservation
         self._max_model_len = max_model_len
         self._cache = None if prefix_cache == "none" else PrefixCache(block_size_tokens)
+        self._num_shared = 0  # sum of running requests' shared_blocks
         self._swap_bytes_pending = 0.0
         self.num_kv_blocks = num_kv_blocks
         self._block = block_size_tokens
@@ -317,6 +319,9 @@ class Replica:
         self.num_blocks_used += self._decode_blocks_in_flight
         assert self.num_blocks_used <= self.num_kv_blocks, "plan over-allocates KV blocks"
         self._evict_cached()
+        # KV tokens stored once this iteration's tokens are computed.
+        kv_tokens = self._ctx_sum + num_decode + sum(q) + self._kv_tokens_besides_decodes()
+        cached_blocks = self._num_cached_blocks()
         swap_bytes, self._swap_bytes_pending = self._swap_bytes_pending, 0.0
         if q:
             if not num_decode:
@@ -338,7 +343,7 @@ class Replica:
         self._iterations.append(
             start_s, duration_s, sum(q), len(q),
             num_decode, blocks_used, len(plan.preempted), flops, hbm, gap_s, continuing,
-            swap_bytes,
+            swap_bytes, kv_tokens, cached_blocks,
         )
         self._decode_blocks_in_flight = 0
         self.iteration += 1
@@ -414,9 +419,14 @@ class Replica:
             continuing = np.full(k, n, dtype=np.int64)
             continuing[0] = continuing0
         self._last_decode_end_s = float(ends[k - 1])
+        kv_tokens = np.arange(1, k + 1, dtype=np.int64)
+        kv_tokens *= n
+        kv_tokens += self._ctx_sum + self._kv_tokens_besides_decodes()
+        # Cached blocks evicted as the run's allocations need them (as stepping would).
+        cached = np.minimum(self._num_cached_blocks(), self.num_kv_blocks - blocks_used[:k])
         self._iterations.extend(k, _RUN_COLUMNS, (
             ends[:k] - durations[:k], durations[:k], n, blocks_used[:k], flops[:k], hbm[:k],
-            gaps, continuing,
+            gaps, continuing, kv_tokens, cached,
         ))
         self.iteration += k
         self.decode_step += k
@@ -478,6 +488,7 @@ class Replica:
             if hit:  # its first blocks are cached: reference them, skip their compute
                 self.num_blocks_used += self._cache.acquire(request.prefix_id, hit)
                 request.shared_blocks = request.num_blocks = hit
+                self._num_shared += hit
                 request.num_computed_tokens = hit * self._block
                 request.prefix_hit_tokens += hit * self._block
         if math.isnan(request.first_scheduled_s):
@@ -589,6 +600,7 @@ class Replica:
         referenced = cache.acquire(chain, blocks)
         # Its own copies of blocks [shared, blocks) are now the cache's (or duplicates).
         self.num_blocks_used += referenced - unreferenced - (blocks - request.shared_blocks)
+        self._num_shared += blocks - request.shared_blocks
         request.shared_blocks = blocks
 
     def _free_blocks(self, request: Request) -> None:
@@ -599,8 +611,20 @@ class Replica:
             assert self._cache is not None
             self.num_blocks_used -= self._cache.release(request.prefix_id,
                                                         request.shared_blocks)
+            self._num_shared -= request.shared_blocks
             request.shared_blocks = 0
         request.num_blocks = 0
+
+    def _kv_tokens_besides_decodes(self) -> int:
+        """KV tokens held by running requests that are not decoding, plus the correction
+        for shared prefix blocks (counted once, not per request)."""
+        tokens = sum(r.num_computed_tokens for r in self._prefilling.values())
+        if self._cache is not None:
+            tokens += (self._cache.num_held_total() - self._num_shared) * self._block
+        return tokens
+
+    def _num_cached_blocks(self) -> int:
+        return 0 if self._cache is None else self._cache.num_evictable
 
     def _evict_cached(self) -> None:
         """Evict unreferenced cached blocks (LRU) where allocation needs their room."""
@@ -663,6 +687,7 @@ class Replica:
                           if r.shared_blocks)
             assert refs == self._cache.references(), "prefix-cache references disagree"
             shared = self._cache.num_held_total()
+            assert self._num_shared == sum(r.shared_blocks for r in self._running.values())
             assert self.num_blocks_used + self._cache.num_evictable <= self.num_kv_blocks
         held = own + shared + self._decode_blocks_in_flight
         assert held == self.num_blocks_used, (held, self.num_blocks_used)

@@ -219,6 +219,13 @@ class Results:
                                 info.end_s - req["arrival_s"].to_numpy(dtype=np.float64)[never]])
         m["queue_max_s"] = float(waits.max()) if waits.size else math.nan
         m["recomputed_tokens"] = float(req["recomputed_tokens"].sum())
+        # Prefix caching: the share of admitted prompt tokens found cached (vLLM's
+        # prefix-cache hit rate, in tokens), and the prefill those hits saved.
+        admitted = ~np.isnan(req["first_scheduled_s"].to_numpy(dtype=np.float64))
+        hits = req["prefix_hit_tokens"].to_numpy(dtype=np.float64)
+        m["prefix_hit_rate_frac"] = _ratio(float(hits[admitted].sum()),
+                                           float(req["prompt_tokens"].to_numpy()[admitted].sum()))
+        m["prefill_tokens_saved"] = float(hits.sum())
 
         # Throughput of finished requests over the measurement window.
         input_tokens = float(req["prompt_tokens"].to_numpy()[finished].sum())
@@ -233,8 +240,11 @@ class Results:
         m["total_tokens_per_s_per_device"] = _ratio(total_tokens, duration_s * devices)
 
         good = finished.copy()
-        if info.slo_ttft_s is not None:
-            good &= ttft <= info.slo_ttft_s
+        # A request's own TTFT target (its class's) wins over the scenario's.
+        own = req["ttft_slo_s"].to_numpy(dtype=np.float64)
+        default = math.nan if info.slo_ttft_s is None else info.slo_ttft_s
+        target = np.where(np.isnan(own), default, own)
+        good &= np.isnan(target) | (ttft <= target)
         if info.slo_tpot_s is not None:
             good &= np.isnan(tpot) | (tpot <= info.slo_tpot_s)
         num_good = int(good.sum())
@@ -270,6 +280,7 @@ class Results:
         flops = it["flops"].to_numpy(dtype=np.float64)
         hbm = it["hbm_bytes"].to_numpy(dtype=np.float64)
         kv = it["kv_blocks_used"].to_numpy(dtype=np.float64)
+        kv_tokens = it["kv_tokens"].to_numpy(dtype=np.float64)
         busy_s = float(dur.sum())
 
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -288,6 +299,10 @@ class Results:
             "busy_frac": _ratio(busy_s, info.num_replicas * duration_s),
             "kv_utilization_mean_frac": _ratio(float(kv @ dur), busy_s * capacity),
             "kv_utilization_max_frac": _ratio(float(kv.max()), capacity) if kv.size else math.nan,
+            # Allocated but unused: the share of the blocks in use (time-weighted) that
+            # holds no token (last-block slack, reservations not yet filled).
+            "kv_fragmentation_frac": 1.0 - _ratio(float(kv_tokens @ dur),
+                                                  float(kv @ dur) * info.block_size_tokens),
             "num_preemptions": float(it["num_preempted"].sum()),
             "swap_bytes": float(it["swap_bytes"].sum()),
             "energy_j": energy_j,

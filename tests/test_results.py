@@ -63,6 +63,10 @@ def make_requests(rows: list[tuple]) -> pd.DataFrame:
         "generated_tokens": np.asarray(cols[7], dtype=np.int64),
         "num_preemptions": np.asarray(cols[8], dtype=np.int64),
         "recomputed_tokens": 7 * np.asarray(cols[8], dtype=np.int64),  # 7 per preemption
+        "priority": np.zeros(len(rows), dtype=np.int64),
+        "ttft_slo_s": np.full(len(rows), np.nan),
+        "prefix_id": np.full(len(rows), -1, dtype=np.int64),
+        "prefix_hit_tokens": np.zeros(len(rows), dtype=np.int64),
         "status": pd.Categorical(list(cols[9]), categories=STATUSES),
         "reject_reason": pd.Series(list(cols[10]), dtype=object),
     })
@@ -89,6 +93,8 @@ def make_iterations(rows: list[tuple]) -> pd.DataFrame:
     df["decode_gap_s"] = df["duration_s"]
     df["num_decode_continuing"] = df["num_decode_seqs"]
     df["swap_bytes"] = 0.0
+    df["kv_tokens"] = df["kv_blocks_used"] * 16  # full blocks unless a test says otherwise
+    df["kv_blocks_cached"] = 0
     df["iteration"] = df.groupby("replica").cumcount().astype(np.int64)
     return df
 
@@ -336,6 +342,9 @@ def test_summary_scales_to_a_million_requests():
         "prompt_tokens": np.full(n, 100), "output_tokens": np.full(n, 50),
         "generated_tokens": np.full(n, 50), "num_preemptions": np.zeros(n, dtype=np.int64),
         "recomputed_tokens": np.zeros(n, dtype=np.int64),
+        "priority": np.zeros(n, dtype=np.int64), "ttft_slo_s": np.full(n, np.nan),
+        "prefix_id": np.full(n, -1, dtype=np.int64),
+        "prefix_hit_tokens": np.zeros(n, dtype=np.int64),
         "status": pd.Categorical.from_codes(np.zeros(n, dtype=np.int8), STATUSES),
         "reject_reason": pd.Series([None] * n, dtype=object),
     })
@@ -477,3 +486,31 @@ def test_queueing_delay_starvation_and_recomputed_tokens():
     waiting = (0, 1.0, NAN, NAN, NAN, 40, 100, 0, 0, "in_flight", None)
     s = make_results([*REQUESTS, waiting], end_s=10.0).summary()
     assert s["queue_max_s"] == pytest.approx(9.0)
+
+
+def test_per_request_ttft_targets_override_the_scenario_slo():
+    # r1 (TTFT 0.5) gets its own target 0.4 and misses; r2 (TTFT 2.0) gets 3.0 and meets
+    # it; r0 keeps the scenario's 1.0 and meets it. TPOT target off.
+    results = make_results(slo_tpot_s=None)
+    results.requests["ttft_slo_s"] = [np.nan, 0.4, 3.0, np.nan, np.nan]
+    s = results.summary()
+    assert s["goodput_requests_per_s"] == pytest.approx(2 / 8)
+
+
+def test_prefix_hit_rate_and_tokens_saved():
+    # Admitted requests r0, r1, r2, r4 have 10 + 20 + 30 + 40 = 100 prompt tokens; hits
+    # 0 + 16 + 16 + 32 = 64 of them. The rejected request never queried the cache.
+    results = make_results()
+    results.requests["prefix_hit_tokens"] = [0, 16, 16, 0, 32]
+    s = results.summary()
+    assert s["prefix_hit_rate_frac"] == pytest.approx(64 / 100)
+    assert s["prefill_tokens_saved"] == 64
+
+
+def test_kv_fragmentation_is_the_time_weighted_unused_share_of_blocks_in_use():
+    # Blocks of 16 tokens: 4 blocks hold 40 tokens for 1 s, 8 hold 128 (full) for 2 s,
+    # 10 hold 100 for 3 s: unused token slots 24*1 + 0*2 + 60*3 over 64*1 + 128*2 + 160*3.
+    results = make_results()
+    results.iterations["kv_tokens"] = [40, 128, 100]
+    s = results.summary()
+    assert s["kv_fragmentation_frac"] == pytest.approx((24 + 180) / (64 + 256 + 480))
