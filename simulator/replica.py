@@ -419,11 +419,12 @@ class Replica:
             continuing = np.full(k, n, dtype=np.int64)
             continuing[0] = continuing0
         self._last_decode_end_s = float(ends[k - 1])
-        kv_tokens = np.arange(1, k + 1, dtype=np.int64)
-        kv_tokens *= n
-        kv_tokens += self._ctx_sum + self._kv_tokens_besides_decodes()
+        base = self._ctx_sum + self._kv_tokens_besides_decodes()
+        kv_tokens = np.arange(base + n, base + n * (k + 1), n, dtype=np.int64)
         # Cached blocks evicted as the run's allocations need them (as stepping would).
-        cached = np.minimum(self._num_cached_blocks(), self.num_kv_blocks - blocks_used[:k])
+        cached: np.ndarray | int = 0
+        if self._cache is not None and self._cache.num_evictable:
+            cached = np.minimum(self._cache.num_evictable, self.num_kv_blocks - blocks_used[:k])
         self._iterations.extend(k, _RUN_COLUMNS, (
             ends[:k] - durations[:k], durations[:k], n, blocks_used[:k], flops[:k], hbm[:k],
             gaps, continuing, kv_tokens, cached,
