@@ -47,6 +47,7 @@ class _Cluster:
         scenario = deployment.scenario
         eng = scenario.engine
         self.env = env
+        self.deployment = deployment
         self.recorder = recorder
         self.on_done = on_done
         self.max_model_len = deployment.max_model_len
@@ -100,12 +101,12 @@ class _Cluster:
         self._by_index = {replica.index: replica for replica in self.replicas}
 
     def _rejection(self, prompt_tokens: int, output_tokens: int) -> str | None:
+        code = _rejection_codes(self.deployment, prompt_tokens, output_tokens)
         total = prompt_tokens + output_tokens
-        if total > self.max_model_len:
+        if code == _TOO_LONG:
             return f"prompt + output = {total} tokens exceeds max_model_len {self.max_model_len}"
-        # The last output token is never fed back, so its KV is never stored.
-        blocks = math.ceil((total - 1) / self.block_size)
-        if blocks > self.num_kv_blocks:
+        if code == _TOO_BIG:
+            blocks = math.ceil((total - 1) / self.block_size)
             return f"needs {blocks} KV blocks; the whole cache holds {self.num_kv_blocks}"
         return None
 
@@ -144,12 +145,25 @@ def _predictor(scenario: Scenario, requests: RequestArrays | None) -> Predictor 
     return None if config is None else build_predictor(config, scenario.seed, requests)
 
 
+_TOO_LONG, _TOO_BIG = 1, 2
+
+
+def _rejection_codes(deployment: Deployment, prompt_tokens: Any, output_tokens: Any) -> Any:
+    """Per request: 0 accepted, ``_TOO_LONG`` (over max_model_len) or ``_TOO_BIG`` (more
+    KV than the whole cache). The one statement of the admission rule, for ints (one
+    arrival, no numpy overhead) and arrays (routing ahead) alike."""
+    total = prompt_tokens + output_tokens
+    too_long = total > deployment.max_model_len
+    # The last output token is never fed back, so its KV is never stored.
+    blocks = -(-(total - 1) // deployment.scenario.engine.block_size_tokens)
+    too_big = blocks > deployment.memory.num_kv_blocks
+    return too_long * _TOO_LONG + (too_big > too_long) * _TOO_BIG  # too big, not too long
+
+
 def _rejected(deployment: Deployment, prompt_tokens: np.ndarray,
               output_tokens: np.ndarray) -> np.ndarray:
-    """Vectorised ``_Cluster._rejection``: which requests will be rejected."""
-    total = prompt_tokens + output_tokens
-    blocks = -(-(total - 1) // deployment.scenario.engine.block_size_tokens)
-    return (total > deployment.max_model_len) | (blocks > deployment.memory.num_kv_blocks)
+    """Which requests will be rejected (vectorised, for routing ahead)."""
+    return _rejection_codes(deployment, prompt_tokens, output_tokens) != 0
 
 
 def _route_ahead(deployment: Deployment, prompt_tokens: np.ndarray,
