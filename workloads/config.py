@@ -246,11 +246,60 @@ ArrivalProcess = Annotated[
 # ---------------------------------------------------------------- workloads
 
 
+class RequestClass(BaseModel):
+    """One class of requests in a synthetic workload: its share of the requests, its
+    scheduling priority and TTFT target, and optionally its own length distributions."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    weight: float = Field(
+        gt=0, description="Relative share of requests in this class (weights need not sum to 1)."
+    )
+    priority: int = Field(
+        default=0, description="Scheduling priority of its requests: lower is served first."
+    )
+    ttft_slo_s: float | None = Field(
+        default=None, gt=0,
+        description="TTFT target of its requests (s); None: the scenario's slo.ttft_s.",
+    )
+    prompt_tokens: LengthDist | None = Field(
+        default=None, description="Its prompt lengths (tokens); None: the workload's."
+    )
+    output_tokens: LengthDist | None = Field(
+        default=None, description="Its output lengths (tokens); None: the workload's."
+    )
+
+
+class SharedPrefix(BaseModel):
+    """Prompts that start with one of a few shared prefixes (system prompts, few-shot
+    examples), which a prefix cache can reuse.
+
+    Each prefix's length is drawn once (or fixed); a request that carries a prefix gets a
+    uniformly chosen one, and its prompt is the prefix followed by the sampled prompt
+    length (``prompt_tokens`` = prefix + user part).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    num_prefixes: int = Field(ge=1, description="Distinct prefixes (ids 0 .. num_prefixes-1).")
+    tokens: Annotated[int, Field(ge=1)] | LengthDist = Field(
+        description="Length of each prefix (tokens): a number, or a distribution drawn once "
+        "per prefix."
+    )
+    request_frac: float = Field(
+        default=1.0, ge=0, le=1, description="Share of requests that start with a prefix."
+    )
+
+
 class SyntheticWorkload(BaseModel):
     """Requests drawn at random: arrival process, prompt lengths and output lengths.
 
     The three are independent: each draws from its own random stream, so changing a
-    length distribution leaves the arrival times unchanged.
+    length distribution leaves the arrival times unchanged. Optional ``classes`` give
+    requests priorities, TTFT targets and their own lengths; an optional
+    ``shared_prefix`` starts prompts with shared content. Both draw from streams of
+    their own, so leaving them out gives exactly the requests of a workload without
+    them. Neither is supported with closed-loop arrivals.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -261,15 +310,36 @@ class SyntheticWorkload(BaseModel):
     output_tokens: LengthDist = Field(
         description="Output length per request (tokens generated, hidden from policies)."
     )
+    classes: tuple[RequestClass, ...] | None = Field(
+        default=None, min_length=1,
+        description="Request classes, each request drawn in proportion to their weights; "
+        "None: one class (priority 0, the scenario's TTFT target).",
+    )
+    shared_prefix: SharedPrefix | None = Field(
+        default=None, description="Shared prompt prefixes; None: no request shares one."
+    )
+
+    @model_validator(mode="after")
+    def _check_closed_loop(self) -> SyntheticWorkload:
+        if isinstance(self.arrival, ClosedLoopArrivals) and (
+            self.classes is not None or self.shared_prefix is not None
+        ):
+            raise ValueError(
+                "classes and shared_prefix need open-loop arrivals: closed_loop clients draw "
+                "their requests during the run, without classes or prefixes; use poisson, "
+                "gamma, constant or offline arrivals, or drop them"
+            )
+        return self
 
 
 class TraceWorkload(BaseModel):
     """Requests replayed from a file: CSV with a header row, or JSONL (one object a line).
 
     Arrival times must be non-decreasing in file order; they are shifted so the first
-    request arrives at t = 0, then divided by ``time_scale``. Columns other than the
-    three named are ignored. The file is read by :func:`workloads.trace.read_trace`,
-    not when the config is built.
+    request arrives at t = 0, then divided by ``time_scale``. Optional columns give
+    each request a priority, a TTFT target and a shared prefix; columns not named are
+    ignored. The file is read by :func:`workloads.trace.read_trace`, not when the
+    config is built.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -294,6 +364,33 @@ class TraceWorkload(BaseModel):
     time_unit: Literal["s", "ms", "us"] = Field(
         default="s", description="Unit of the arrival column: seconds, milliseconds, microseconds."
     )
+    priority_column: str | None = Field(
+        default=None, min_length=1,
+        description="Column with each request's priority (an integer, lower served first); "
+        "None: all 0.",
+    )
+    ttft_slo_column: str | None = Field(
+        default=None, min_length=1,
+        description="Column with each request's TTFT target (s, > 0); None: the scenario's.",
+    )
+    prefix_id_column: str | None = Field(
+        default=None, min_length=1,
+        description="Column with each request's shared-prefix id (an integer >= 0, or -1 "
+        "for none); needs prefix_tokens_column. None: no shared prefixes.",
+    )
+    prefix_tokens_column: str | None = Field(
+        default=None, min_length=1,
+        description="Column with how many of the prompt's first tokens are that prefix "
+        "(0 to the prompt's length); needs prefix_id_column.",
+    )
+
+    def columns(self) -> dict[str, str]:
+        """The columns this config reads: field name -> column name, the three required
+        ones first, then the optional ones that are set."""
+        fields = ["arrival_column", "prompt_column", "output_column", "priority_column",
+                  "ttft_slo_column", "prefix_id_column", "prefix_tokens_column"]
+        named = {f: getattr(self, f) for f in fields}
+        return {f: c for f, c in named.items() if c is not None}
 
     @model_validator(mode="after")
     def _check_columns(self) -> TraceWorkload:
@@ -303,6 +400,15 @@ class TraceWorkload(BaseModel):
                 f"arrival_column ({self.arrival_column!r}), prompt_column "
                 f"({self.prompt_column!r}) and output_column ({self.output_column!r}) "
                 "must be three different columns"
+            )
+        columns = self.columns()
+        if len(set(columns.values())) < len(columns):
+            named = ", ".join(f"{f} ({c!r})" for f, c in columns.items())
+            raise ValueError(f"each column may be named once: {named}")
+        if (self.prefix_id_column is None) != (self.prefix_tokens_column is None):
+            raise ValueError(
+                f"prefix_id_column ({self.prefix_id_column!r}) and prefix_tokens_column "
+                f"({self.prefix_tokens_column!r}) go together: set both or neither"
             )
         return self
 

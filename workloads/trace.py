@@ -1,8 +1,9 @@
 """Reading request traces (CSV or JSONL) into arrays, with errors that point at the line.
 
 A trace has one request per row: an arrival time, a prompt length and an output
-length, in columns named by the :class:`~workloads.config.TraceWorkload`. Other
-columns are ignored. Every row is checked; the first bad one is reported with the
+length, and optionally a priority, a TTFT target and a shared prefix (id and length),
+in columns named by the :class:`~workloads.config.TraceWorkload`. Other columns are
+ignored. Every row is checked; the first bad one is reported with the
 file, its 1-based line number in the file (a CSV header is line 1) and the value.
 """
 
@@ -12,6 +13,7 @@ import csv
 import json
 import math
 from collections.abc import Callable
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -31,11 +33,12 @@ Locate = Callable[[int, str], tuple[int, str]]
 
 
 class RequestArrays(NamedTuple):
-    """A stream of requests as three equal-length columns, in arrival order.
+    """A stream of requests as equal-length columns, in arrival order.
 
     ``arrival_s`` is float64 seconds, non-decreasing, starting at >= 0;
-    ``prompt_tokens`` and ``output_tokens`` are int64 and >= 1. Row ``i`` of each
-    array describes request ``i``.
+    ``prompt_tokens`` and ``output_tokens`` are int64 and >= 1; the optional columns
+    are None or arrays of the same length. Row ``i`` of each array describes request
+    ``i``.
     """
 
     arrival_s: np.ndarray
@@ -87,53 +90,106 @@ def read_trace(config: TraceWorkload) -> RequestArrays:
     """Load the trace ``config.path`` names; the file is only read, never written.
 
     Arrival times are converted from ``config.time_unit`` to seconds, shifted so the
-    first request arrives at t = 0, and divided by ``config.time_scale``.
+    first request arrives at t = 0, and divided by ``config.time_scale``. Optional
+    columns the config names fill the ``RequestArrays`` columns of the same meaning.
 
     Raises ValueError, naming the file (and line where there is one), when a column is
     missing, a value is missing, non-numeric or out of range (arrival < 0, token
-    counts not whole numbers >= 1), the arrival times decrease, or the trace is empty.
+    counts not whole numbers >= 1, a priority not a whole number, a TTFT target not > 0,
+    a prefix id not a whole number >= -1, prefix tokens not a whole number from 0 to the
+    prompt's length), the arrival times decrease, or the trace is empty.
     """
-    columns = [config.arrival_column, config.prompt_column, config.output_column]
+    named = config.columns()
+    columns = list(named.values())
     if trace_format(config) == "csv":
         values, locate = _read_csv(config.path, columns)
     else:
         values, locate = _read_jsonl(config.path, columns)
-    arrival, prompt, output = values
+    by_field = dict(zip(named, values, strict=True))
+    arrival = by_field["arrival_column"]
     if len(arrival) == 0:
         raise ValueError(f"{config.path}: the trace has no requests")
-    _check_values(config.path, columns, values, locate)
+    _check_values(config.path, _checks(named, by_field), locate)
     _check_sorted(config.path, config.arrival_column, arrival, locate)
     arrival_s = (arrival - arrival[0]) / (_UNITS_PER_SECOND[config.time_unit] * config.time_scale)
-    return RequestArrays(arrival_s, prompt.astype(np.int64), output.astype(np.int64))
+
+    def ints(field: str) -> np.ndarray | None:
+        x = by_field.get(field)
+        return None if x is None else x.astype(np.int64)
+
+    return RequestArrays(
+        arrival_s,
+        by_field["prompt_column"].astype(np.int64),
+        by_field["output_column"].astype(np.int64),
+        priority=ints("priority_column"),
+        ttft_slo_s=by_field.get("ttft_slo_column"),
+        prefix_id=ints("prefix_id_column"),
+        prefix_tokens=ints("prefix_tokens_column"),
+    )
 
 
 # ---------------------------------------------------------------- validation
+
+Requirement = Callable[[int], str]
+"""Data row -> what its value should have been (for the error message)."""
 
 
 def _bad_arrival(x: np.ndarray) -> np.ndarray:
     return ~(np.isfinite(x) & (x >= 0))
 
 
-def _bad_tokens(x: np.ndarray) -> np.ndarray:
+def _whole(x: np.ndarray, low: float, high: float | np.ndarray) -> np.ndarray:
+    """Whole numbers in [low, high] (NaN and inf are not)."""
     with np.errstate(invalid="ignore"):
-        return ~((x >= 1) & (x <= _MAX_TOKENS) & (np.floor(x) == x))
+        return (x >= low) & (x <= high) & (np.floor(x) == x)
 
 
-def _check_values(path: Path, columns: list[str], values: list[np.ndarray], locate: Locate) -> None:
-    """Raise for the first row (in file order) holding a value outside its column's range."""
-    tests = [_bad_arrival, _bad_tokens, _bad_tokens]
-    requirements = ["a number >= 0", "a whole number >= 1", "a whole number >= 1"]
-    first: tuple[int, int] | None = None  # (row, column index)
-    for j, (test, x) in enumerate(zip(tests, values, strict=True)):
-        bad = np.flatnonzero(test(x))
+def _bad_tokens(x: np.ndarray) -> np.ndarray:
+    return ~_whole(x, 1, _MAX_TOKENS)
+
+
+def _checks(
+    named: dict[str, str], values: dict[str, np.ndarray]
+) -> list[tuple[str, np.ndarray, Requirement]]:
+    """(column, mask of bad rows, requirement) for every column read, in config order."""
+    prompt = values["prompt_column"]
+    tests: dict[str, tuple[Callable[[np.ndarray], np.ndarray], Requirement]] = {
+        "arrival_column": (_bad_arrival, lambda row: "a number >= 0"),
+        "prompt_column": (_bad_tokens, lambda row: "a whole number >= 1"),
+        "output_column": (_bad_tokens, lambda row: "a whole number >= 1"),
+        "priority_column": (
+            lambda x: ~_whole(x, -_MAX_TOKENS, _MAX_TOKENS), lambda row: "a whole number"
+        ),
+        "ttft_slo_column": (lambda x: ~(x > 0), lambda row: "a number of seconds > 0"),
+        "prefix_id_column": (
+            lambda x: ~_whole(x, -1, _MAX_TOKENS), lambda row: "a whole number >= -1"
+        ),
+        "prefix_tokens_column": (
+            lambda x: ~_whole(x, 0, prompt),
+            # The prompt column comes first, so on this row it holds a whole number.
+            lambda row: f"a whole number from 0 to the prompt's {int(prompt[row])} tokens",
+        ),
+    }
+    return [(column, tests[f][0](values[f]), tests[f][1]) for f, column in named.items()]
+
+
+def _check_values(
+    path: Path, checks: list[tuple[str, np.ndarray, Requirement]], locate: Locate
+) -> None:
+    """Raise for the first row (in file order) holding a value outside its column's range;
+    on one row, the first column in ``checks`` order."""
+    first: tuple[int, int] | None = None  # (row, index in checks)
+    for j, (_, bad_mask, _) in enumerate(checks):
+        bad = np.flatnonzero(bad_mask)
         if len(bad) and (first is None or bad[0] < first[0]):
             first = (int(bad[0]), j)
     if first is None:
         return
     row, j = first
-    line, shown = locate(row, columns[j])
+    column, _, requirement = checks[j]
+    line, shown = locate(row, column)
     raise ValueError(
-        f"{path}, line {line}: column {columns[j]!r} has {shown}, expected {requirements[j]}"
+        f"{path}, line {line}: column {column!r} has {shown}, expected {requirement(row)}"
     )
 
 
@@ -228,7 +284,7 @@ def _read_jsonl(path: Path, columns: list[str]) -> tuple[list[np.ndarray], Locat
     """Columns of a JSONL trace: pyarrow when the file is plainly well formed, else Python.
 
     The line-by-line Python reader is the reference; pyarrow (about 10x faster) is
-    used only when it parses every line into one row with three non-null numbers, and
+    used only when it parses every line into one row of non-null numbers, and
     then errors found later are located by rescanning with the Python reader.
     """
     values = _read_jsonl_pyarrow(path, columns)
@@ -254,28 +310,25 @@ def _read_jsonl_pyarrow(path: Path, columns: list[str]) -> list[np.ndarray] | No
 
 
 def _read_jsonl_python(path: Path, columns: list[str]) -> tuple[list[np.ndarray], Locate]:
-    a_col, p_col, o_col = columns
-    arrival: list[Any] = []
-    prompt: list[Any] = []
-    output: list[Any] = []
+    get = itemgetter(*columns)  # a tuple of values: there are at least three columns
+    rows: list[tuple[Any, ...]] = []
     lines: list[int] = []
     loads = json.loads
     with path.open(encoding="utf-8") as f:
         for line_no, text in enumerate(f, start=1):
             try:
-                obj = loads(text)
-                a, p, o = obj[a_col], obj[p_col], obj[o_col]
+                row = get(loads(text))
             except (json.JSONDecodeError, KeyError, TypeError, IndexError):
                 # Slow path, off the loop's hot code: a blank line, or an error to explain.
                 if not text.strip():
                     continue
                 _explain_jsonl_line(path, line_no, text, columns)
                 raise
-            arrival.append(a)
-            prompt.append(p)
-            output.append(o)
+            rows.append(row)
             lines.append(line_no)
-    raw = [arrival, prompt, output]
+    raw: list[list[Any]] = (
+        [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in columns]
+    )
     values = [_json_numbers(col) for col in raw]
 
     def locate(row: int, column: str) -> tuple[int, str]:

@@ -18,6 +18,8 @@ from workloads.config import (
     NormalLength,
     OfflineArrivals,
     PoissonArrivals,
+    RequestClass,
+    SharedPrefix,
     SyntheticWorkload,
     TraceWorkload,
     UniformLength,
@@ -38,6 +40,8 @@ ALL_MODELS: list[type[BaseModel]] = [
     ClosedLoopArrivals,
     SyntheticWorkload,
     TraceWorkload,
+    RequestClass,
+    SharedPrefix,
 ]
 
 
@@ -91,6 +95,21 @@ def test_unknown_kind_lists_the_known_ones() -> None:
         (WorkloadConfig, {"kind": "trace", "path": "t.csv", "time_unit": "min"}),
         (WorkloadConfig, {"kind": "trace", "path": "t.csv", "format": "parquet"}),
         (WorkloadConfig, {"kind": "trace", "path": "t.csv", "output_column": "prompt_tokens"}),
+        (WorkloadConfig, {"kind": "trace", "path": "t.csv", "priority_column": "arrival_s"}),
+        (WorkloadConfig, {"kind": "trace", "path": "t.csv", "priority_column": "p",
+                          "ttft_slo_column": "p"}),
+        (WorkloadConfig, {"kind": "trace", "path": "t.csv", "prefix_id_column": "pid"}),
+        (WorkloadConfig, {"kind": "trace", "path": "t.csv", "prefix_tokens_column": "pt"}),
+        (RequestClass, {"weight": 0}),
+        (RequestClass, {"weight": 1, "ttft_slo_s": 0}),
+        (RequestClass, {"weight": 1, "priority": 1.5}),
+        (RequestClass, {"weight": 1, "name": "chat"}),  # extra field
+        (SharedPrefix, {"num_prefixes": 0, "tokens": 10}),
+        (SharedPrefix, {"num_prefixes": 2, "tokens": 0}),
+        (SharedPrefix, {"num_prefixes": 2, "tokens": 10, "request_frac": 1.5}),
+        (SyntheticWorkload, {"arrival": {"kind": "poisson", "rate_per_s": 1},
+                             "prompt_tokens": {"kind": "fixed", "tokens": 1},
+                             "output_tokens": {"kind": "fixed", "tokens": 1}, "classes": []}),
     ],
 )
 def test_constraint_violations_are_rejected(adapter: object, data: dict[str, object]) -> None:

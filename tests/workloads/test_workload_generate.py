@@ -10,6 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from simulator import simulate
+from simulator.conformance import tiny_scenario
 from workloads.config import (
     ClosedLoopArrivals,
     ConstantArrivals,
@@ -203,3 +205,122 @@ def test_requests_satisfy_the_contract(
         assert (r.arrival_s < duration_s).all()
     assert (r.arrival_s >= 0).all() and (np.diff(r.arrival_s) >= 0).all()
     assert (r.prompt_tokens >= 1).all() and (r.output_tokens >= 1).all()
+
+
+# ---------------------------------------------------------------- classes and shared prefixes
+
+TWO_CLASSES = [
+    {"weight": 1.0, "priority": 0, "ttft_slo_s": 0.5},
+    {"weight": 3.0, "priority": 5},
+]
+
+
+def test_without_classes_or_prefixes_the_streams_are_the_first_three_children() -> None:
+    # The layout before classes existed, rebuilt by hand: arrivals, prompts and outputs
+    # come from the first three children spawned from the workload generator. Results of
+    # existing scenarios therefore cannot have moved.
+    workload = synthetic()
+    r = generate(workload, 4, num_requests=500)
+    arrival_rng, prompt_rng, output_rng = np.random.default_rng(4).spawn(3)
+    gaps = workload.arrival.inter_arrivals(arrival_rng, 500)  # type: ignore[union-attr]
+    assert np.array_equal(r.arrival_s, np.cumsum(gaps))
+    assert np.array_equal(r.prompt_tokens, workload.prompt_tokens.sample(prompt_rng, 500))
+    assert np.array_equal(r.output_tokens, workload.output_tokens.sample(output_rng, 500))
+    assert r.priority is None and r.ttft_slo_s is None
+    assert r.prefix_id is None and r.prefix_tokens is None
+
+
+def test_classes_without_lengths_leave_the_other_streams_alone() -> None:
+    base = generate(synthetic(), 3, num_requests=2000)
+    with_classes = generate(synthetic(classes=TWO_CLASSES), 3, num_requests=2000)
+    for column in ("arrival_s", "prompt_tokens", "output_tokens"):
+        assert np.array_equal(getattr(base, column), getattr(with_classes, column))
+    assert with_classes.prefix_id is None
+
+
+def test_classes_are_drawn_in_proportion_to_their_weights() -> None:
+    # Weights 1:3, so a quarter of the requests are class 0; with 40,000 draws the
+    # standard error of the share is 0.002, and 0.01 is five of them.
+    r = generate(synthetic(classes=TWO_CLASSES), 8, num_requests=40_000)
+    assert r.priority is not None and r.ttft_slo_s is not None
+    high = r.priority == 0
+    assert set(np.unique(r.priority).tolist()) == {0, 5}
+    assert high.mean() == pytest.approx(0.25, abs=0.01)
+    # The TTFT target travels with the class; NaN means "the scenario's".
+    assert (r.ttft_slo_s[high] == 0.5).all() and np.isnan(r.ttft_slo_s[~high]).all()
+
+
+def test_a_class_with_its_own_lengths_overrides_only_its_requests() -> None:
+    classes = [
+        {"weight": 1.0},
+        {"weight": 1.0, "priority": 1, "prompt_tokens": {"kind": "fixed", "tokens": 7},
+         "output_tokens": {"kind": "uniform", "min_tokens": 5000, "max_tokens": 6000}},
+    ]
+    base = generate(synthetic(), 2, num_requests=3000)
+    r = generate(synthetic(classes=classes), 2, num_requests=3000)
+    assert r.priority is not None
+    own = r.priority == 1
+    assert 0.45 < own.mean() < 0.55
+    assert (r.prompt_tokens[own] == 7).all()
+    assert ((r.output_tokens[own] >= 5000) & (r.output_tokens[own] <= 6000)).all()
+    assert np.array_equal(r.prompt_tokens[~own], base.prompt_tokens[~own])
+    assert np.array_equal(r.output_tokens[~own], base.output_tokens[~own])
+
+
+def test_shared_prefixes_are_prepended_and_fixed_per_prefix() -> None:
+    shared = {"num_prefixes": 4, "request_frac": 0.6,
+              "tokens": {"kind": "uniform", "min_tokens": 100, "max_tokens": 900}}
+    base = generate(synthetic(), 6, num_requests=20_000)
+    r = generate(synthetic(shared_prefix=shared), 6, num_requests=20_000)
+    assert r.prefix_id is not None and r.prefix_tokens is not None
+    carries = r.prefix_id >= 0
+    assert carries.mean() == pytest.approx(0.6, abs=0.02)  # standard error ~0.0035
+    assert set(np.unique(r.prefix_id[carries]).tolist()) == {0, 1, 2, 3}
+    counts = np.bincount(r.prefix_id[carries], minlength=4) / carries.sum()
+    assert np.allclose(counts, 0.25, atol=0.02)  # uniform choice among prefixes
+    assert (r.prefix_tokens[~carries] == 0).all()
+    lengths = {k: set(r.prefix_tokens[r.prefix_id == k].tolist()) for k in range(4)}
+    assert all(len(v) == 1 and 100 <= min(v) <= 900 for v in lengths.values())
+    # prompt = prefix + the user part the workload samples (unchanged by the prefix)
+    assert np.array_equal(r.prompt_tokens, base.prompt_tokens + r.prefix_tokens)
+    assert np.array_equal(r.arrival_s, base.arrival_s)
+    assert np.array_equal(r.output_tokens, base.output_tokens)
+
+
+def test_a_fixed_prefix_length_may_be_a_number() -> None:
+    r = generate(synthetic(shared_prefix={"num_prefixes": 1, "tokens": 64}), num_requests=50)
+    assert r.prefix_id is not None and r.prefix_tokens is not None
+    assert (r.prefix_id == 0).all() and (r.prefix_tokens == 64).all()
+
+
+def test_longer_runs_extend_shorter_ones_with_classes_and_prefixes() -> None:
+    workload = synthetic(
+        classes=[*TWO_CLASSES, {"weight": 2.0, "output_tokens": {"kind": "fixed", "tokens": 3}}],
+        shared_prefix={"num_prefixes": 3, "tokens": {"kind": "uniform", "max_tokens": 50},
+                       "request_frac": 0.5},
+    )
+    short = generate(workload, 1, num_requests=300)
+    long = generate(workload, 1, num_requests=3000)
+    for s, lg in zip(short, long, strict=True):
+        assert np.array_equal(s, lg[:300], equal_nan=True)
+
+
+@pytest.mark.parametrize("extra", [{"classes": TWO_CLASSES},
+                                   {"shared_prefix": {"num_prefixes": 2, "tokens": 10}}])
+def test_classes_and_prefixes_are_refused_with_a_closed_loop(extra: dict[str, object]) -> None:
+    # The closed loop lives in the engine and draws plain requests: refuse, don't ignore.
+    with pytest.raises(ValueError, match="closed_loop"):
+        synthetic(arrival=ClosedLoopArrivals(concurrency=4), **extra)
+
+
+def test_classes_reach_the_results_frame() -> None:
+    results = simulate(tiny_scenario(workload={
+        "kind": "synthetic", "arrival": {"kind": "poisson", "rate_per_s": 50.0},
+        "prompt_tokens": {"kind": "uniform", "min_tokens": 4, "max_tokens": 100},
+        "output_tokens": {"kind": "uniform", "min_tokens": 1, "max_tokens": 50},
+        "classes": TWO_CLASSES, "shared_prefix": {"num_prefixes": 2, "tokens": 32}},
+        stop={"num_requests": 100}))
+    frame = results.requests
+    assert set(frame.priority.unique()) == {0, 5}
+    assert (frame.ttft_slo_s[frame.priority == 0] == 0.5).all()
+    assert set(frame.prefix_id.unique()) == {0, 1}

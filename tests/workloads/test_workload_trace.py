@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from simulator import simulate
+from simulator.conformance import tiny_scenario
 from workloads.config import TraceWorkload
 from workloads.generate import RequestArrays
 from workloads.trace import _read_jsonl_pyarrow, _read_jsonl_python, read_trace
@@ -253,3 +255,94 @@ def test_a_million_row_csv_loads_quickly(tmp_path: Path) -> None:
     r = read_trace(TraceWorkload(path=path))
     assert len(r.arrival_s) == n
     assert time.perf_counter() - start < 5.0  # typically ~0.3 s
+
+
+# ---------------------------------------------------------------- optional columns
+
+OPTIONAL = {"priority_column": "prio", "ttft_slo_column": "slo",
+            "prefix_id_column": "pid", "prefix_tokens_column": "ptok"}
+
+
+def with_attributes(n: int = 500, seed: int = 1) -> RequestArrays:
+    g = np.random.default_rng(seed)
+    r = sample_requests(n, seed)
+    prefix_id = g.integers(-1, 5, n, dtype=np.int64)
+    return r._replace(
+        priority=g.integers(-3, 4, n, dtype=np.int64),
+        ttft_slo_s=g.choice([0.25, 1.0, 7.5], n),
+        prefix_id=prefix_id,
+        prefix_tokens=np.where(prefix_id >= 0, g.integers(0, r.prompt_tokens + 1), 0),
+    )
+
+
+@pytest.mark.parametrize("name", ["t.csv", "t.jsonl"])
+def test_optional_columns_round_trip(tmp_path: Path, name: str) -> None:
+    r = with_attributes()
+    frame = pd.DataFrame({"arrival_s": r.arrival_s, "prompt_tokens": r.prompt_tokens,
+                          "output_tokens": r.output_tokens, "prio": r.priority,
+                          "slo": r.ttft_slo_s, "pid": r.prefix_id, "ptok": r.prefix_tokens})
+    path = tmp_path / name
+    if name.endswith(".csv"):
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_json(path, orient="records", lines=True)
+    got = read_trace(TraceWorkload(path=path, **OPTIONAL))
+    for column in ("priority", "prefix_id", "prefix_tokens"):
+        assert getattr(got, column).dtype == np.int64
+    for column in ("prompt_tokens", "output_tokens", "priority", "ttft_slo_s", "prefix_id",
+                   "prefix_tokens"):
+        assert np.array_equal(getattr(got, column), getattr(r, column)), column
+    plain = read_trace(TraceWorkload(path=path))  # not named: not read
+    assert plain.priority is None and plain.prefix_id is None and plain.ttft_slo_s is None
+
+
+OPTIONAL_HEADER = "arrival_s,prompt_tokens,output_tokens,prio,slo,pid,ptok\n"
+CSV_BAD_OPTIONAL = [
+    # (body after the header, line, column, shown value, expected)
+    ("0,5,6,0,1,0,2\n1,5,6,1.5,1,0,2\n", 3, "prio", "'1.5'", "a whole number"),
+    ("0,5,6,high,1,0,2\n", 2, "prio", "'high'", "a whole number"),
+    ("0,5,6,0,0,0,2\n", 2, "slo", "'0'", "a number of seconds > 0"),
+    ("0,5,6,0,-2,0,2\n", 2, "slo", "'-2'", "a number of seconds > 0"),
+    ("0,5,6,0,,0,2\n", 2, "slo", "no value", "a number of seconds > 0"),
+    ("0,5,6,0,1,-2,2\n", 2, "pid", "'-2'", "a whole number >= -1"),
+    ("0,5,6,0,1,0,6\n", 2, "ptok", "'6'", "a whole number from 0 to the prompt's 5 tokens"),
+    ("0,5,6,0,1,0,-1\n", 2, "ptok", "'-1'", "a whole number from 0 to the prompt's 5 tokens"),
+    ("0,5,6,0,1,0,2\n1,0,6,0,1,0,2\n", 3, "prompt_tokens", "'0'", "a whole number >= 1"),
+]
+
+
+@pytest.mark.parametrize(("body", "line", "column", "shown", "expected"), CSV_BAD_OPTIONAL)
+def test_bad_optional_value_names_file_line_column_and_value(
+    tmp_path: Path, body: str, line: int, column: str, shown: str, expected: str
+) -> None:
+    path = write(tmp_path, "bad.csv", OPTIONAL_HEADER + body)
+    with pytest.raises(ValueError) as err:
+        read_trace(TraceWorkload(path=path, **OPTIONAL))
+    assert str(err.value) == (
+        f"{path}, line {line}: column {column!r} has {shown}, expected {expected}"
+    )
+
+
+def test_bad_optional_jsonl_value_and_missing_optional_key(tmp_path: Path) -> None:
+    good = '{"arrival_s": 0, "prompt_tokens": 5, "output_tokens": 6, "prio": 1}\n'
+    path = write(tmp_path, "t.jsonl", good + good.replace('"prio": 1', '"prio": "urgent"'))
+    with pytest.raises(ValueError, match=r"line 2: column 'prio' has \"urgent\", expected"):
+        read_trace(TraceWorkload(path=path, priority_column="prio"))
+    path = write(tmp_path, "u.jsonl", good + good.replace(', "prio": 1', ""))
+    with pytest.raises(ValueError, match=r"line 2: missing column\(s\) \['prio'\]"):
+        read_trace(TraceWorkload(path=path, priority_column="prio"))
+
+
+def test_a_missing_optional_csv_column_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "t.csv", HEADER + "0,5,6\n")
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['slo'\]"):
+        read_trace(TraceWorkload(path=path, ttft_slo_column="slo"))
+
+
+def test_trace_attributes_reach_the_results_frame(tmp_path: Path) -> None:
+    path = write(tmp_path, "t.csv", OPTIONAL_HEADER + "0,50,6,2,0.5,1,20\n0.01,60,6,-1,3,-1,0\n")
+    workload = {"kind": "trace", "path": str(path), **OPTIONAL}
+    frame = simulate(tiny_scenario(workload=workload, stop={"num_requests": None})).requests
+    assert frame.priority.tolist() == [2, -1]
+    assert frame.ttft_slo_s.tolist() == [0.5, 3.0]
+    assert frame.prefix_id.tolist() == [1, -1]
