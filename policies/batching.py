@@ -155,7 +155,9 @@ class _Planner:
         free; it is admitted next iteration (none is in an iteration that preempts)."""
         view = self.view
         rank = view.rank(request)
-        worse = sorted((r for r in view.running if view.rank(r) > rank and self._may_preempt(r)),
+        # Worst rank first; among equals the last admitted (least work lost), as vLLM.
+        worse = sorted((r for r in reversed(view.running)
+                        if view.rank(r) > rank and self._may_preempt(r)),
                        key=view.rank, reverse=True)
         num_running = view.num_running
         for victim in worse:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 from conftest import TINY_DEVICE, tiny_scenario
 
@@ -78,3 +79,22 @@ def test_reservation_settings_are_checked_against_the_scenario():
         simulate(tiny_scenario(**{**PRESSURE, "engine": {**PRESSURE["engine"],
                                                          "max_model_len": 4096,
                                                          "kv_reservation": "max"}}))
+
+
+def test_lowest_priority_victims_spare_the_important_class():
+    # Half the requests have priority 0, half 1, under KV pressure. Newest-first victims
+    # fall on both classes alike; lowest-priority victims take a priority-1 request
+    # whenever one runs, so priority-0 requests are preempted far less.
+    classes = [{"weight": 1, "priority": 0}, {"weight": 1, "priority": 1}]
+    workload = {**PRESSURE["workload"], "classes": classes}
+
+    def preemptions_by_class(victim: str) -> pd.Series:
+        s = tiny_scenario(**{**PRESSURE, "workload": workload,
+                             "engine": {**PRESSURE["engine"], "preemption_victim": victim}})
+        r = simulate(s).requests
+        return r.groupby("priority").num_preemptions.sum()
+
+    newest, lowest = preemptions_by_class("newest"), preemptions_by_class("lowest_priority")
+    assert newest[0] > 0.5 * newest[1]  # no preference: similar counts
+    assert lowest[0] < 0.2 * lowest[1]
+    assert lowest[0] < 0.5 * newest[0]
