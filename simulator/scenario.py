@@ -8,6 +8,7 @@ ShareGPT-like Poisson load.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -17,6 +18,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
     SerializeAsAny,
     WithJsonSchema,
     model_validator,
@@ -31,6 +33,7 @@ from simulator.dtypes import DType
 from simulator.model import ModelSpec
 from simulator.plan import EngineLimits, PolicyParams
 from simulator.predictor import PredictorConfig
+from simulator.presets import apply_preset
 from workloads.config import (
     LogNormalLength,
     PoissonArrivals,
@@ -121,6 +124,12 @@ class DeploymentConfig(_Section):
 class EngineConfig(_Section):
     """The serving engine's knobs, named as in vLLM where it has them."""
 
+    preset: str | None = Field(
+        default=None,
+        description="A named bundle of engine settings (vllm, sglang, trtllm, orca, sarathi, "
+        "fastertransformer, lightllm; see docs/presets.md): it fills every engine field this "
+        "section leaves unset; fields set here win. None: the defaults below.",
+    )
     batching: BatchingParams = Field(
         default_factory=lambda: BATCHING.parse("token_budget"),
         description="Batching policy: a registry name, or {kind: name, ...its parameters}; "
@@ -128,13 +137,14 @@ class EngineConfig(_Section):
     )
     queue: QueueParams = Field(
         default_factory=lambda: QUEUE.parse("fcfs"),
-        description="Order of waiting requests for admission: 'fcfs' or 'sjf' (needs a "
-        "predictor).",
+        description="Order of waiting requests for admission: a name or {kind: name, ...}: "
+        "'fcfs', 'sjf' (needs a predictor), 'priority', 'edf', 'mlfq' (docs/policies.md).",
     )
     predictor: PredictorConfig | None = Field(
         default=None,
         description="What length-aware policies may know of output lengths: "
-        "{kind: oracle} or {kind: noisy, sigma: log-error std}; None: nothing.",
+        "{kind: oracle}, {kind: noisy, sigma: log-error std} or {kind: bucket_mean} "
+        "(mean output per prompt-length bucket, learned from the workload); None: nothing.",
     )
     routing: RoutingParams = Field(
         default_factory=lambda: ROUTING.parse("round_robin"),
@@ -225,6 +235,49 @@ class EngineConfig(_Section):
             max_model_len=max_model_len,
             kv_watermark_frac=self.kv_watermark_frac,
         )
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _apply_preset(cls, data: Any, handler: ModelWrapValidatorHandler[EngineConfig]
+                      ) -> EngineConfig:
+        # On the raw mapping, so "unset" means "absent": the preset fills only the keys
+        # the scenario leaves out. A dumped scenario has every key, so reloading it
+        # applies nothing new and round-trips unchanged.
+        if not (isinstance(data, Mapping) and data.get("preset") is not None):
+            return handler(data)
+        engine = handler(apply_preset(data))
+        # Only the scenario's own keys count as set (model_fields_set), not the preset's:
+        # a dump with exclude_unset=True keeps the preset's name and the user's fields,
+        # so a new preset applied to it fills the rest anew.
+        object.__setattr__(engine, "__pydantic_fields_set__",
+                           set(data) & set(type(engine).model_fields))
+        return engine
+
+    @model_validator(mode="after")
+    def _check_preset_max_model_len(self) -> EngineConfig:
+        # Presets of systems built for a fixed longest sequence (whole prompts in one
+        # iteration, or KV reserved for the longest sequence per request) need it named:
+        # the model's full context would not fit the budget, or would admit a handful.
+        if self.preset is None:
+            return self
+        whole = not self.chunked_prefill
+        if self.max_model_len is None and (whole or self.kv_reservation == "max"):
+            why = (f"computes whole prompts (chunked_prefill off) in iterations of at most "
+                   f"max_num_batched_tokens={self.max_num_batched_tokens} tokens" if whole
+                   else "reserves KV for max_model_len tokens per request (kv_reservation "
+                   "'max')")
+            raise ValueError(
+                f"engine.preset={self.preset!r} {why}, so it needs engine.max_model_len, the "
+                f"longest prompt + output served (e.g. 8192); the default, the model's whole "
+                f"context, would not fit or would admit only a few requests at a time"
+            )
+        if whole and self.max_model_len and self.max_model_len > self.max_num_batched_tokens:
+            raise ValueError(
+                f"engine.preset={self.preset!r} computes whole prompts (chunked_prefill off), "
+                f"but engine.max_model_len={self.max_model_len} exceeds max_num_batched_tokens="
+                f"{self.max_num_batched_tokens}: lower max_model_len or raise the budget"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_budget(self) -> EngineConfig:
@@ -329,8 +382,14 @@ class Scenario(_Section):
         return yaml.safe_dump(self.model_dump(mode="json", exclude_none=False), sort_keys=False)
 
     def with_overrides(self, overrides: list[str]) -> Scenario:
-        """A new scenario with ``dotted.key=value`` overrides applied (this one is unchanged)."""
-        return Scenario.from_dict(self.model_dump(mode="json"), overrides)
+        """A new scenario with ``dotted.key=value`` overrides applied (this one is unchanged).
+
+        An override of ``engine.preset`` re-applies presets to the engine fields this
+        scenario did not set itself (those it set are kept)."""
+        data = self.model_dump(mode="json")
+        if any(item.partition("=")[0].strip() == "engine.preset" for item in overrides):
+            data["engine"] = self.engine.model_dump(mode="json", exclude_unset=True)
+        return Scenario.from_dict(data, overrides)
 
 
 def load_mapping(path: str | Path) -> dict[str, Any]:
