@@ -98,3 +98,15 @@ def test_lowest_priority_victims_spare_the_important_class():
     assert newest[0] > 0.5 * newest[1]  # no preference: similar counts
     assert lowest[0] < 0.2 * lowest[1]
     assert lowest[0] < 0.5 * newest[0]
+
+
+def test_token_level_allocation_leaves_no_slack_and_reservation_leaves_much():
+    # Paged blocks of 16 waste the unfilled part of each request's last block (about 8
+    # tokens of a few hundred, a few percent); blocks of 1 token (LightLLM, SGLang page
+    # size 1) waste nothing; reserving max_model_len leaves most reserved room empty.
+    token = _run(block_size_tokens=1).summary()["kv_fragmentation_frac"]
+    paged = _run().summary()["kv_fragmentation_frac"]
+    static = _run(kv_reservation="max").summary()["kv_fragmentation_frac"]
+    assert token == 0
+    assert 0.005 < paged < 0.1
+    assert static > 0.5
