@@ -38,6 +38,11 @@ class PrefillAttentionEfficiency(_Frozen):
     )
     memory_frac: float = Field(gt=0, le=1, description="Fraction of HBM bandwidth for KV reads.")
     floor_s: float = Field(ge=0, description="Fixed cost per attention call, seconds.")
+    per_sequence_s: float = Field(
+        default=0.0, ge=0,
+        description="Extra fixed cost per prefilling sequence, seconds (0 for varlen kernels "
+        "that take the whole batch in one call; an engine looping over sequences pays it).",
+    )
 
 
 class DecodeAttentionEfficiency(_Frozen):
@@ -46,6 +51,11 @@ class DecodeAttentionEfficiency(_Frozen):
     memory_frac: float = Field(gt=0, le=1, description="Fraction of HBM bandwidth for KV reads.")
     compute_frac: float = Field(gt=0, le=1, description="Fraction of peak FLOP/s.")
     floor_s: float = Field(ge=0, description="Fixed cost per attention call, seconds.")
+    per_sequence_s: float = Field(
+        default=0.0, ge=0,
+        description="Extra fixed cost per decoding sequence, seconds (0 for paged kernels over "
+        "the whole batch; an engine looping over sequences pays it).",
+    )
 
 
 class ElementwiseEfficiency(_Frozen):
@@ -53,6 +63,12 @@ class ElementwiseEfficiency(_Frozen):
 
     memory_frac: float = Field(gt=0, le=1, description="Fraction of HBM bandwidth.")
     floor_s: float = Field(ge=0, description="Fixed cost per kernel, seconds.")
+    kernels_per_layer: int = Field(
+        default=4, ge=1,
+        description="Elementwise kernels per layer in the engine measured: 4 where norms "
+        "and adds are fused, residual-add+RMSNorm twice, rotary, activation (vLLM, "
+        "TensorRT-LLM); more in eager PyTorch.",
+    )
 
 
 class CollectiveEfficiency(_Frozen):

@@ -25,8 +25,6 @@ from hardware.spec import AcceleratorSpec
 from simulator.dtypes import BYTES_PER_ELEMENT, ComputeDType, DType
 from simulator.model import ModelSpec
 
-# Kernels per layer outside GEMMs and attention: two fused add+RMSNorms, rotary, activation.
-_ELEMENTWISE_KERNELS_PER_LAYER = 4
 _LOGIT_BYTES = 4  # fp32 logits
 
 
@@ -223,7 +221,8 @@ class CostModel:
         elementwise_bytes = num_tokens * ab * (
             4 * m.hidden_size + 3 * mlp_width + 2 * (m.q_size + m.kv_size) / t
         )
-        elementwise = self._elementwise(elementwise_bytes, _ELEMENTWISE_KERNELS_PER_LAYER)
+        elementwise = self._elementwise(elementwise_bytes,
+                                        self.efficiency.elementwise.kernels_per_layer)
         all_reduce = self._all_reduce(num_tokens * m.hidden_size * ab)
         return {
             "embedding": self._elementwise(num_tokens * m.hidden_size * ab, 1),
@@ -261,7 +260,7 @@ class CostModel:
         if c is None:
             c = self._prefill_constants = self._make_prefill_constants()
         (layers, flops_per_key, peak_frac, half_tokens, kv_token, qo_token, s_per_byte,
-         floor_s, window) = c
+         floor_s, window, per_seq_s) = c
         compute_s = flops = hbm = 0.0
         for new, cached in zip(q, ctx, strict=True):
             attended = cached + (new + 1) / 2.0  # mean keys per query under the causal mask
@@ -274,7 +273,7 @@ class CostModel:
             compute_s += f * (size + half_tokens) / (peak_frac * size)
             flops += f
             hbm += kept * kv_token + new * qo_token
-        seconds = floor_s + max(compute_s, hbm * s_per_byte)
+        seconds = floor_s + per_seq_s * len(q) + max(compute_s, hbm * s_per_byte)
         return OpCost(seconds * layers, flops * layers, hbm * layers)
 
     def _make_prefill_constants(self) -> tuple[Any, ...]:
@@ -291,6 +290,7 @@ class CostModel:
             1.0 / (self.accelerator.hbm_bytes_per_s * eff.memory_frac),
             eff.floor_s,
             self.model.sliding_window_tokens,
+            eff.per_sequence_s,
         )
 
     def _decode_attention(self, num_seqs: int, context_tokens: Scalar) -> OpCost:
@@ -301,6 +301,7 @@ class CostModel:
         if c is None:
             c = self._decode_constants = self._make_decode_constants()
         layers, flops_per_key, bytes_per_key, bytes_per_seq, s_per_flop, s_per_byte, floor_s = c
+        floor_s += num_seqs * self.efficiency.decode_attention.per_sequence_s
         flops = context_tokens * flops_per_key
         hbm = context_tokens * bytes_per_key + num_seqs * bytes_per_seq
         if isinstance(context_tokens, np.ndarray):
@@ -422,7 +423,8 @@ class CostModel:
             layers * flops_per_key * s_per_flop,
             layers * bytes_per_key * s_per_byte,
             layers * n * bytes_per_seq * s_per_byte,
-            dense_s + layers * floor_s + self.iteration_overhead_s,
+            dense_s + layers * (floor_s + n * self.efficiency.decode_attention.per_sequence_s)
+            + self.iteration_overhead_s,
             layers * flops_per_key,
             dense_f,
             layers * bytes_per_key,

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hardware.catalog import get_accelerator
-from hardware.efficiency import DEFAULT_EFFICIENCY
+from hardware.efficiency import DEFAULT_EFFICIENCY, EfficiencyProfile
+from hardware.profile import CalibrationProfile, load_profile
 from hardware.spec import GIB, AcceleratorSpec
 from simulator.cost import CostModel
 from simulator.dtypes import BYTES_PER_ELEMENT
@@ -77,9 +78,22 @@ def resolve_model(scenario: Scenario) -> ModelSpec:
         raise ScenarioError(f"model: {exc.args[0]}") from None
 
 
+def _profile(scenario: Scenario) -> CalibrationProfile | None:
+    path = scenario.hardware.profile
+    if path is None:
+        return None
+    try:
+        return load_profile(path)
+    except ValueError as exc:
+        raise ScenarioError(f"hardware.profile: {exc}") from None
+
+
 def resolve_accelerator(scenario: Scenario) -> AcceleratorSpec:
     hw = scenario.hardware
-    if isinstance(hw.accelerator, AcceleratorSpec):
+    profile = _profile(scenario)
+    if profile is not None and "accelerator" not in hw.model_fields_set:
+        spec = profile.accelerator
+    elif isinstance(hw.accelerator, AcceleratorSpec):
         spec = hw.accelerator
     else:
         try:
@@ -89,6 +103,15 @@ def resolve_accelerator(scenario: Scenario) -> AcceleratorSpec:
     if hw.price_per_hour_usd is not None:
         spec = spec.model_copy(update={"price_per_hour_usd": hw.price_per_hour_usd})
     return spec
+
+
+def resolve_efficiency(scenario: Scenario) -> EfficiencyProfile:
+    """The scenario's efficiencies: its own, else its calibration profile's, else the
+    catalog defaults."""
+    if scenario.hardware.efficiency is not None:
+        return scenario.hardware.efficiency
+    profile = _profile(scenario)
+    return DEFAULT_EFFICIENCY if profile is None else profile.efficiency
 
 
 def weight_bytes_per_device(model: ModelSpec, cost: CostModel) -> float:
@@ -188,7 +211,7 @@ def resolve(scenario: Scenario) -> Deployment:
     cost = CostModel(
         model=model,
         accelerator=accelerator,
-        efficiency=scenario.hardware.efficiency or DEFAULT_EFFICIENCY,
+        efficiency=resolve_efficiency(scenario),
         tensor_parallel=tp,
         weight_dtype=dep.weight_dtype,
         activation_dtype=dep.activation_dtype,

@@ -84,6 +84,11 @@ class HardwareConfig(_Section):
     efficiency: EfficiencyProfile | None = Field(
         default=None, description="Kernel efficiency profile; None uses the catalog defaults."
     )
+    profile: Path | None = Field(
+        default=None,
+        description="A calibration profile (JSON from `servesim calibrate`): the measured "
+        "device and its fitted efficiencies, used unless accelerator or efficiency are set.",
+    )
 
 
 class DeploymentConfig(_Section):

@@ -158,3 +158,30 @@ def test_batch1_decode_is_near_weight_bytes_over_bandwidth():
     seconds = float(c.price(BatchShape(num_decode_seqs=1, decode_context_tokens=512)).seconds)
     weight_bytes = 8.03e9 * 2
     assert weight_bytes / (3.35e12 * 0.86) < seconds < 1.35 * weight_bytes / (3.35e12 * 0.86)
+
+
+def test_per_sequence_attention_costs_and_elementwise_kernel_count():
+    # An engine that loops over sequences (eager PyTorch) pays a fixed cost per sequence
+    # and layer; one that does not fuse pays more elementwise floors. Both are profile
+    # fields: 32 layers x 8 sequences x 5 us = 1.28 ms more for 8 decodes; 32 layers x 6
+    # more kernels x 2 us = 0.384 ms more for any batch. Fast paths agree with price().
+    eff = DEFAULT_EFFICIENCY.model_copy(update={
+        "decode_attention": DEFAULT_EFFICIENCY.decode_attention.model_copy(
+            update={"per_sequence_s": 5e-6}),
+        "prefill_attention": DEFAULT_EFFICIENCY.prefill_attention.model_copy(
+            update={"per_sequence_s": 7e-6}),
+        "elementwise": DEFAULT_EFFICIENCY.elementwise.model_copy(
+            update={"kernels_per_layer": 10}),
+    })
+    base = cost_for("llama-3.1-8b")
+    looped = CostModel(get_model("llama-3.1-8b"), H100, eff)
+    decode = BatchShape(num_decode_seqs=8, decode_context_tokens=8000.0)
+    extra = float(looped.price(decode).seconds) - float(base.price(decode).seconds)
+    assert extra == pytest.approx(32 * 8 * 5e-6 + 32 * 6 * 2e-6, rel=1e-9)
+    prefill = BatchShape((100, 200, 300), (0, 0, 0))
+    extra = float(looped.price(prefill).seconds) - float(base.price(prefill).seconds)
+    assert extra == pytest.approx(32 * 3 * 7e-6 + 32 * 6 * 2e-6, rel=1e-9)
+    seconds, _, _ = looped.decode_run(8, np.array([8000.0]))
+    assert seconds[0] == pytest.approx(float(looped.price(decode).seconds), rel=1e-12)
+    assert looped.iteration([100, 200, 300], [0, 0, 0], 0, 0.0)[0] == pytest.approx(
+        float(looped.price(prefill).seconds), rel=1e-12)
