@@ -106,6 +106,12 @@ class CostModel:
         return compute_dtype_for(self.weight_dtype, self.activation_dtype)
 
     @property
+    def _attention_dtype(self) -> ComputeDType:
+        """Attention computes in the activation format; 8-bit activations feed GEMMs only."""
+        act = self.activation_dtype
+        return act if act in ("fp32", "bf16", "fp16") else "bf16"
+
+    @property
     def _act_bytes(self) -> float:
         # 8-bit activation formats only feed GEMMs; the residual stream stays 16-bit.
         return BYTES_PER_ELEMENT[self.activation_dtype] if self.activation_dtype in (
@@ -283,7 +289,7 @@ class CostModel:
         return (
             self.model.num_layers,
             4.0 * hd * hq,
-            self.accelerator.peak_flops_per_s("bf16") * eff.max_compute_frac,
+            self.accelerator.peak_flops_per_s(self._attention_dtype) * eff.max_compute_frac,
             eff.half_tokens,
             self.kv_bytes_per_token_layer,
             2 * hq * hd * self._act_bytes,
@@ -319,7 +325,7 @@ class CostModel:
             4.0 * hd * hq,
             self.kv_bytes_per_token_layer,
             2.0 * hq * hd * self._act_bytes,
-            1.0 / (self.accelerator.peak_flops_per_s("bf16") * eff.compute_frac),
+            1.0 / (self.accelerator.peak_flops_per_s(self._attention_dtype) * eff.compute_frac),
             1.0 / (self.accelerator.hbm_bytes_per_s * eff.memory_frac),
             eff.floor_s,
         )
