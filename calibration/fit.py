@@ -27,7 +27,7 @@ from hardware.efficiency import (
     GemmEfficiency,
     PrefillAttentionEfficiency,
 )
-from hardware.profile import FitQuality, MeasuredPoint
+from hardware.profile import FitQuality, MeasuredPoint, OpClass
 from hardware.spec import AcceleratorSpec
 from simulator.cost import CostModel
 from simulator.dtypes import BYTES_PER_ELEMENT, ComputeDType
@@ -77,14 +77,14 @@ def _fit(predict: Callable[[np.ndarray, list[MeasuredPoint]], np.ndarray],
     return least_squares(residuals, start, bounds=(lower, upper), x_scale="jac").x
 
 
-def _quality(op: str, dtype: str, names: Sequence[str], x: np.ndarray,
+def _quality(op: OpClass, dtype: str, names: Sequence[str], x: np.ndarray,
              predict: Callable[[np.ndarray, list[MeasuredPoint]], np.ndarray],
              fitted: list[MeasuredPoint], held: list[MeasuredPoint]) -> FitQuality:
     fit_ape = _ape(predict(x, fitted), np.array([p.seconds for p in fitted]))
     held_ape = (_ape(predict(x, held), np.array([p.seconds for p in held]))
                 if held else None)
     return FitQuality(
-        op=op,  # type: ignore[arg-type]
+        op=op,
         dtype=dtype,
         parameters={n: float(v) for n, v in zip(names, x, strict=True)},
         num_fit=len(fitted), num_held_out=len(held),
@@ -110,27 +110,32 @@ def _probe(accelerator: AcceleratorSpec, efficiency: EfficiencyProfile, *, heads
 
 def fit_gemm(points: list[MeasuredPoint], accelerator: AcceleratorSpec, dtype: ComputeDType
              ) -> tuple[GemmEfficiency, FitQuality]:
-    """compute_frac, memory_frac, floor_s of ``floor + max(flops/(peak cf), bytes/(bw mf))``."""
+    """compute_frac, memory_frac, floor_s and half_m of
+    ``floor + max(flops (m + half_m) / (peak cf m), bytes / (bw mf))`` (CostModel._gemm)."""
     peak = accelerator.peak_flops_per_s(dtype)
     bw = accelerator.hbm_bytes_per_s
     eb = BYTES_PER_ELEMENT[dtype]
 
     def predict(x: np.ndarray, pts: list[MeasuredPoint]) -> np.ndarray:
-        cf, mf, floor = x
+        cf, mf, floor, half_m, gemv_mf = x
         out = []
         for p in pts:
             m, k, n = p.shape["m"], p.shape["k"], p.shape["n"]
             flops = 2.0 * m * k * n
             hbm = (k * n + m * k + m * n) * eb  # as CostModel._gemm
-            out.append(floor + max(flops / (peak * cf), hbm / (bw * mf)))
+            memory_frac = gemv_mf if m == 1 else mf
+            out.append(floor + max(flops * (m + half_m) / (peak * cf * m),
+                                   hbm / (bw * memory_frac)))
         return np.array(out)
 
     fitted, held = split(points, lambda p: p.shape["m"] * p.shape["k"] * p.shape["n"])
     floor0 = min(p.seconds for p in points) / 2
-    x = _fit(predict, [0.5, 0.5, floor0], [1e-3, 1e-3, 0.0], [1.0, 1.0, 1e-2], fitted)
-    names = ("compute_frac", "memory_frac", "floor_s")
+    x = _fit(predict, [0.5, 0.5, floor0, 1.0, 0.5], [1e-3, 1e-3, 0.0, 0.0, 1e-3],
+             [1.0, 1.0, 1e-2, 1e4, 1.0], fitted)
+    names = ("compute_frac", "memory_frac", "floor_s", "half_m", "gemv_memory_frac")
     quality = _quality("gemm", dtype, names, x, predict, fitted, held)
-    return GemmEfficiency(compute_frac=x[0], memory_frac=x[1], floor_s=x[2]), quality
+    return GemmEfficiency(compute_frac=x[0], memory_frac=x[1], floor_s=x[2],
+                          half_m=x[3], gemv_memory_frac=x[4]), quality
 
 
 def fit_prefill_attention(points: list[MeasuredPoint], accelerator: AcceleratorSpec,
@@ -258,10 +263,13 @@ def measured_peaks(points: Sequence[MeasuredPoint]) -> tuple[dict[ComputeDType, 
 
 def fit_profile(points: Sequence[MeasuredPoint], accelerator: AcceleratorSpec, *,
                 name: str, elementwise_kernels_per_layer: int,
-                per_sequence_attention: bool) -> FitResult:
+                per_sequence_attention: bool,
+                attention_dtype: ComputeDType | None = None) -> FitResult:
     """Every op class's efficiencies from ``points`` on ``accelerator`` (whose peaks the
-    fractions refer to). Op classes without points keep the catalog defaults, and the
-    quality list says which were fitted."""
+    fractions refer to). Attention is fitted for ``attention_dtype`` (the profile holds
+    one attention entry; None: the dtype with most points), GEMMs per dtype. Op classes
+    without points keep the catalog defaults, and the quality list says which were
+    fitted."""
     quality: list[FitQuality] = []
     by_op: dict[str, list[MeasuredPoint]] = {}
     for p in points:
@@ -278,8 +286,9 @@ def fit_profile(points: Sequence[MeasuredPoint], accelerator: AcceleratorSpec, *
     if "bf16" not in gemm:
         gemm["bf16"] = gemm.get("fp16") or gemm.get("fp32") or DEFAULT_EFFICIENCY.gemm["bf16"]
     update: dict[str, object] = {"name": name, "gemm": gemm}
-    attention_dtype = _main_dtype(by_op.get("prefill_attention", []) +
-                                  by_op.get("decode_attention", []))
+    if attention_dtype is None:
+        attention_dtype = _main_dtype(by_op.get("prefill_attention", []) +
+                                      by_op.get("decode_attention", []))
     if by_op.get("prefill_attention"):
         eff_p, q = fit_prefill_attention(
             [p for p in by_op["prefill_attention"] if TORCH_DTYPES.get(p.dtype) == attention_dtype],
@@ -310,7 +319,8 @@ def _main_dtype(points: Sequence[MeasuredPoint]) -> ComputeDType:
     return max(counts, key=lambda d: counts[d]) if counts else "bf16"
 
 
-def mape(predicted: Sequence[float], measured: Sequence[float]) -> float:
+def mape(predicted: Sequence[float] | np.ndarray, measured: Sequence[float] | np.ndarray
+         ) -> float:
     """Mean absolute percentage error, as a fraction."""
     p, m = np.asarray(predicted, dtype=float), np.asarray(measured, dtype=float)
     return float(np.mean(np.abs(p / m - 1.0))) if len(m) else math.nan

@@ -27,6 +27,17 @@ class GemmEfficiency(_Frozen):
         gt=0, le=1, description="Fraction of HBM bandwidth when streaming weights (small M)."
     )
     floor_s: float = Field(ge=0, description="Fixed cost per GEMM call, seconds.")
+    half_m: float = Field(
+        default=0.0, ge=0,
+        description="Rows (tokens) at which compute efficiency is half of compute_frac: "
+        "compute_frac x M / (M + half_m). 0: flat, as on GPUs, where small M is "
+        "weight-streaming bound anyway; CPU GEMMs ramp up with M (calibration fits it).",
+    )
+    gemv_memory_frac: float | None = Field(
+        default=None, gt=0, le=1,
+        description="Fraction of bandwidth for single-row products (M = 1), which BLAS "
+        "libraries and engines run as matrix-vector kernels; None: memory_frac.",
+    )
 
 
 class PrefillAttentionEfficiency(_Frozen):

@@ -152,17 +152,24 @@ class CostModel:
     def _gemm(self, m: Scalar, k: float, n: float, weight_bytes_per_elem: float) -> OpCost:
         flops = 2.0 * m * k * n
         hbm = k * n * weight_bytes_per_elem + (m * k + m * n) * self._act_bytes
-        return self._gemm_like(flops, hbm, calls=1)
+        return self._gemm_like(flops, hbm, calls=1, m=m)
 
-    def _gemm_like(self, flops: Scalar, hbm: Scalar, calls: int) -> OpCost:
-        """Priced with the GEMM efficiencies of the compute dtype; ``calls`` kernel floors."""
+    def _gemm_like(self, flops: Scalar, hbm: Scalar, calls: int, m: Scalar = 0.0) -> OpCost:
+        """Priced with the GEMM efficiencies of the compute dtype; ``calls`` kernel floors;
+        ``m`` rows per call, for efficiencies that ramp up with M (0: unknown, flat)."""
         eff = self.efficiency.gemm_for(self.compute_dtype)
+        compute_frac: Scalar = eff.compute_frac
+        if eff.half_m and (isinstance(m, np.ndarray) or m > 0):
+            compute_frac = eff.compute_frac * m / (m + eff.half_m)
+        memory_frac = eff.memory_frac
+        if eff.gemv_memory_frac is not None and not isinstance(m, np.ndarray) and m == 1:
+            memory_frac = eff.gemv_memory_frac
         seconds = roofline_s(
             flops, hbm,
             peak_flops_per_s=self.accelerator.peak_flops_per_s(self.compute_dtype),
-            compute_frac=eff.compute_frac,
+            compute_frac=compute_frac,
             hbm_bytes_per_s=self.accelerator.hbm_bytes_per_s,
-            memory_frac=eff.memory_frac,
+            memory_frac=memory_frac,
             floor_s=calls * eff.floor_s,
         )
         return OpCost(seconds, flops, hbm)
@@ -201,7 +208,9 @@ class CostModel:
         flops = 2.0 * num_tokens * k * expert_params
         act = num_tokens * k * (2 * m.hidden_size + m.mlp_matrices * m.expert_intermediate_size / t)
         hbm = experts_touched * expert_params * wb + act * self._act_bytes
-        routed = self._gemm_like(flops, hbm, calls=2)  # grouped up/gate and down GEMMs
+        # Grouped up/gate and down GEMMs; rows per expert for efficiencies ramping with M.
+        routed = self._gemm_like(flops, hbm, calls=2,
+                                 m=num_tokens * k / max(experts_touched, 1e-9))
         router = self._gemm(num_tokens, m.hidden_size, e, BYTES_PER_ELEMENT["bf16"])
         total = routed + router
         if m.num_shared_experts:

@@ -21,7 +21,8 @@ from simulator.model import ModelSpec
 
 DEVICE = get_accelerator("h100-sxm")
 TRUE = DEFAULT_EFFICIENCY.model_copy(update={
-    "gemm": {"bf16": GemmEfficiency(compute_frac=0.62, memory_frac=0.71, floor_s=7e-6)},
+    "gemm": {"bf16": GemmEfficiency(compute_frac=0.62, memory_frac=0.71, floor_s=7e-6,
+                                    half_m=12.0, gemv_memory_frac=0.9)},
     "prefill_attention": PrefillAttentionEfficiency(
         max_compute_frac=0.45, half_tokens=600.0, memory_frac=0.8, floor_s=0.0,
         per_sequence_s=20e-6),
@@ -44,10 +45,11 @@ def _synthetic_points(noise_sd: float) -> list[MeasuredPoint]:
     peak, bw = DEVICE.peak_flops_per_s("bf16"), DEVICE.hbm_bytes_per_s
     g = TRUE.gemm["bf16"]
     points = []
-    for m in (1, 4, 16, 64, 256, 1024, 4096):
+    for m in (1, 2, 4, 8, 16, 64, 256, 1024, 4096):
         for k, n in ((1024, 1024), (4096, 4096), (4096, 14336)):
-            t = g.floor_s + max(2 * m * k * n / (peak * g.compute_frac),
-                                2 * (k * n + m * k + m * n) / (bw * g.memory_frac))
+            memory_frac = g.gemv_memory_frac if m == 1 else g.memory_frac
+            t = g.floor_s + max(2 * m * k * n * (m + g.half_m) / (peak * g.compute_frac * m),
+                                2 * (k * n + m * k + m * n) / (bw * memory_frac))
             points.append(_point("gemm", {"m": m, "k": k, "n": n}, t, rng.normal(0, noise_sd)))
     e = TRUE.elementwise
     for elements in (256, 1024, 4096, 16384, 65536, 1 << 18, 1 << 20, 1 << 22, 1 << 24):
@@ -77,7 +79,8 @@ def test_exact_points_give_back_the_parameters_they_came_from():
                          elementwise_kernels_per_layer=9, per_sequence_attention=True)
     eff = result.efficiency
     g = eff.gemm["bf16"]
-    assert (g.compute_frac, g.memory_frac, g.floor_s) == pytest.approx((0.62, 0.71, 7e-6), rel=1e-3)
+    assert (g.compute_frac, g.memory_frac, g.floor_s, g.half_m, g.gemv_memory_frac) == (
+        pytest.approx((0.62, 0.71, 7e-6, 12.0, 0.9), rel=1e-3))
     e = eff.elementwise
     assert (e.memory_frac, e.floor_s) == pytest.approx((0.66, 3e-6), rel=1e-3)
     assert e.kernels_per_layer == 9

@@ -185,3 +185,21 @@ def test_per_sequence_attention_costs_and_elementwise_kernel_count():
     assert seconds[0] == pytest.approx(float(looped.price(decode).seconds), rel=1e-12)
     assert looped.iteration([100, 200, 300], [0, 0, 0], 0, 0.0)[0] == pytest.approx(
         float(looped.price(prefill).seconds), rel=1e-12)
+
+
+def test_gemm_efficiency_may_ramp_with_rows_and_differ_for_matrix_vector():
+    # CPU BLAS: compute efficiency compute_frac x M / (M + half_m), and M = 1 products run
+    # as matrix-vector kernels with their own bandwidth share. Checked against the
+    # roofline written out by hand for a 4096 x 4096 bf16 weight on the H100 figures.
+    gemm = DEFAULT_EFFICIENCY.gemm["bf16"].model_copy(
+        update={"half_m": 16.0, "gemv_memory_frac": 0.5})
+    eff = DEFAULT_EFFICIENCY.model_copy(update={"gemm": {"bf16": gemm}})
+    c = CostModel(get_model("llama-3.1-8b"), H100, eff)
+    peak, bw = H100.peak_flops_per_s("bf16"), H100.hbm_bytes_per_s
+    for m in (1, 2, 64, 4096):
+        flops = 2.0 * m * 4096 * 4096
+        hbm = (4096 * 4096 + 2 * m * 4096) * 2.0
+        mf = 0.5 if m == 1 else gemm.memory_frac
+        expected = gemm.floor_s + max(flops * (m + 16) / (peak * gemm.compute_frac * m),
+                                      hbm / (bw * mf))
+        assert float(c._gemm(m, 4096, 4096, 2.0).seconds) == pytest.approx(expected, rel=1e-12)
