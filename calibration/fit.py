@@ -208,27 +208,63 @@ def fit_decode_attention(points: list[MeasuredPoint], accelerator: AcceleratorSp
     return efficiency(x), quality
 
 
+def _elementwise_bytes(p: MeasuredPoint) -> float:
+    s = p.shape
+    eb = BYTES_PER_ELEMENT.get(TORCH_DTYPES.get(p.dtype, "fp32"), 4.0)
+    return s["elements"] * (s["tensors_read"] + s["tensors_written"]) * eb
+
+
 def fit_elementwise(points: list[MeasuredPoint], accelerator: AcceleratorSpec,
                     kernels_per_layer: int) -> tuple[ElementwiseEfficiency, FitQuality]:
-    """floor_s and memory_frac of ``floor + bytes / (bw mf)`` over every elementwise op."""
+    """floor_s and memory_frac of ``floor + bytes / (bw mf)`` over ``points``."""
     bw = accelerator.hbm_bytes_per_s
-
-    def nbytes(p: MeasuredPoint) -> float:
-        s = p.shape
-        eb = BYTES_PER_ELEMENT.get(TORCH_DTYPES.get(p.dtype, "fp32"), 4.0)
-        return s["elements"] * (s["tensors_read"] + s["tensors_written"]) * eb
 
     def predict(x: np.ndarray, pts: list[MeasuredPoint]) -> np.ndarray:
         mf, floor = x
-        return np.array([floor + nbytes(p) / (bw * mf) for p in pts])
+        return np.array([floor + _elementwise_bytes(p) / (bw * mf) for p in pts])
 
-    fitted, held = split(points, nbytes)
+    fitted, held = split(points, _elementwise_bytes)
     floor0 = min(p.seconds for p in points) / 2
     x = _fit(predict, [0.5, floor0], [1e-3, 0.0], [1.0, 1e-2], fitted)
     quality = _quality("elementwise", points[0].dtype, ("memory_frac", "floor_s"), x, predict,
                        fitted, held)
     return ElementwiseEfficiency(memory_frac=x[0], floor_s=x[1],
                                  kernels_per_layer=kernels_per_layer), quality
+
+
+ELEMENTWISE_MAX_BYTES = 32 * 2**20
+"""Elementwise points moving more are left out of the fit: their outputs get fresh
+pages from the OS on every call on glibc CPUs (a 10-20x cliff), far above what an
+engine's per-layer tensors need."""
+
+
+def fit_elementwise_mix(points: list[MeasuredPoint], accelerator: AcceleratorSpec,
+                        mix: dict[str, int]) -> tuple[ElementwiseEfficiency, list[FitQuality]]:
+    """An engine's elementwise work per layer: ``mix`` says how many calls of each
+    measured op (by ``MeasuredPoint.name``) a layer makes. Each op is fitted on its own;
+    the profile's per-kernel floor is the layer's summed floors over its kernel count,
+    and its bandwidth share the calls' mean weighted by the bytes they move."""
+    per_op: dict[str, tuple[ElementwiseEfficiency, FitQuality]] = {}
+    for name in mix:
+        mine = [p for p in points
+                if p.name == name and _elementwise_bytes(p) < ELEMENTWISE_MAX_BYTES]
+        if mine:
+            per_op[name] = fit_elementwise(mine, accelerator, 1)
+    if not per_op:
+        raise ValueError(f"no elementwise points named {sorted(mix)}")
+    calls = sum(mix[n] for n in per_op)
+    floor_s = sum(mix[n] * e.floor_s for n, (e, _) in per_op.items()) / calls
+    weight = {n: mix[n] * (_sample(points, n).shape["tensors_read"]
+                           + _sample(points, n).shape["tensors_written"]) for n in per_op}
+    memory_frac = sum(weight[n] * e.memory_frac for n, (e, _) in per_op.items()) / sum(
+        weight.values())
+    quality = [q.model_copy(update={"dtype": f"{q.dtype} {n}"}) for n, (_, q) in per_op.items()]
+    return ElementwiseEfficiency(memory_frac=memory_frac, floor_s=floor_s,
+                                 kernels_per_layer=calls), quality
+
+
+def _sample(points: list[MeasuredPoint], name: str) -> MeasuredPoint:
+    return next(p for p in points if p.name == name)
 
 
 # ---------------------------------------------------------------- the device and the whole fit
@@ -264,7 +300,8 @@ def measured_peaks(points: Sequence[MeasuredPoint]) -> tuple[dict[ComputeDType, 
 def fit_profile(points: Sequence[MeasuredPoint], accelerator: AcceleratorSpec, *,
                 name: str, elementwise_kernels_per_layer: int,
                 per_sequence_attention: bool,
-                attention_dtype: ComputeDType | None = None) -> FitResult:
+                attention_dtype: ComputeDType | None = None,
+                elementwise_mix: dict[str, int] | None = None) -> FitResult:
     """Every op class's efficiencies from ``points`` on ``accelerator`` (whose peaks the
     fractions refer to). Attention is fitted for ``attention_dtype`` (the profile holds
     one attention entry; None: the dtype with most points), GEMMs per dtype. Op classes
@@ -301,7 +338,14 @@ def fit_profile(points: Sequence[MeasuredPoint], accelerator: AcceleratorSpec, *
             accelerator, attention_dtype, per_sequence_calls=per_sequence_attention)
         update["decode_attention"] = eff_d
         quality.append(q)
-    if by_op.get("elementwise"):
+    if by_op.get("elementwise") and elementwise_mix:
+        # The engine's activations are in the attention dtype: fit those points.
+        mine = [p for p in by_op["elementwise"] if TORCH_DTYPES.get(p.dtype) == attention_dtype]
+        eff_e, qs = fit_elementwise_mix(mine or by_op["elementwise"], accelerator,
+                                        elementwise_mix)
+        update["elementwise"] = eff_e
+        quality.extend(qs)
+    elif by_op.get("elementwise"):
         eff_e, q = fit_elementwise(by_op["elementwise"], accelerator,
                                    elementwise_kernels_per_layer)
         update["elementwise"] = eff_e

@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import pydantic
 from rich.console import Console
@@ -96,6 +97,89 @@ def _cmd_hardware(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _needs_torch(command: str) -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise ValueError(
+            f"servesim {command} runs torch microbenchmarks: install the calibrate extra "
+            "(pip install 'servesim[calibrate]'; on a CPU-only machine pip install "
+            "torch==2.13.0 first)"
+        ) from None
+
+
+def _cmd_calibrate(args: argparse.Namespace, console: Console) -> int:
+    _needs_torch("calibrate")
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from calibration.calibrate import calibrate
+    from calibration.report import device_table, fit_table, roofline_notes
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}"
+                  "/{task.total}"), TimeElapsedColumn(), console=console) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(suite: str, done: int, total: int) -> None:
+            if suite not in tasks:
+                tasks[suite] = bar.add_task(suite, total=total)
+            bar.update(tasks[suite], completed=done, total=total)
+
+        profile = calibrate(args.device, quick=args.quick, time_budget_s=args.time_budget,
+                            num_threads=args.threads, progress=progress)
+    profile.to_json(args.out)
+    console.print(device_table(profile))
+    console.print(fit_table(profile))
+    for note in roofline_notes(profile):
+        console.print(f"- {note}", highlight=False)
+    console.print(f"wrote {args.out} ({len(profile.points)} points, torch "
+                  f"{profile.host.torch_version}, {profile.host.num_threads} threads); use it "
+                  f"with: servesim run --set hardware.profile={args.out}")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace, console: Console) -> int:
+    _needs_torch("validate")
+    from calibration.report import fit_table
+    from calibration.validate import (
+        TARGET_ITERATION_MAPE,
+        TARGET_MEDIAN_ERROR,
+        plot_html,
+        validate_size,
+    )
+    from hardware.profile import load_profile
+
+    profile_path = Path(args.profile)
+    profile = load_profile(profile_path)
+    console.print(fit_table(profile))
+    reports = []
+    for size in args.sizes:
+        console.print(f"serving the reference model [cyan]{size}[/] for real, then "
+                      f"simulating it ...")
+        reports.append(validate_size(profile, profile_path, size,
+                                     num_requests=args.num_requests, rate_per_s=args.rate,
+                                     num_threads=args.threads))
+    table = Table(title=f"validation: simulator with {profile_path.name} against real runs "
+                        f"(targets: iteration MAPE <= {TARGET_ITERATION_MAPE:.0%}, median "
+                        f"TTFT/TPOT within {TARGET_MEDIAN_ERROR:.0%})")
+    for column in ("model", "iterations", "iteration MAPE", "by kind", "loop overhead",
+                   "TTFT p50 real / sim", "TPOT p50 real / sim", "targets"):
+        table.add_column(column)
+    for r in reports:
+        kinds = ", ".join(f"{k} {v:.1%}" for k, v in r.iteration_mape_by_kind.items())
+        table.add_row(
+            r.model, str(r.num_iterations), f"{r.iteration_mape:.1%}", kinds,
+            f"{r.loop_overhead_s * 1e6:.0f} us",
+            f"{r.ttft_p50_measured_s * 1e3:.2f} / {r.ttft_p50_simulated_s * 1e3:.2f} ms "
+            f"({r.ttft_error:+.0%})",
+            f"{r.tpot_p50_measured_s * 1e3:.2f} / {r.tpot_p50_simulated_s * 1e3:.2f} ms "
+            f"({r.tpot_error:+.0%})",
+            "met" if r.meets_targets else "MISSED")
+    console.print(table)
+    if args.plot and plot_html(reports, Path(args.plot)):
+        console.print(f"wrote {args.plot}")
+    return 0 if all(r.meets_targets for r in reports) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="servesim", description="Discrete-event simulator of LLM serving systems."
@@ -117,6 +201,28 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--schema", action="store_true",
                       help="print the JSON schema instead: every field, its unit and meaning")
     show.set_defaults(func=_cmd_scenario)
+    cal = sub.add_parser("calibrate", help="measure this machine's torch device, fit the "
+                         "cost model to it, write a profile (needs the calibrate extra)")
+    cal.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"])
+    cal.add_argument("--quick", action="store_true", help="fewer shapes: about a minute")
+    cal.add_argument("--time-budget", type=float, default=None, metavar="S",
+                     help="stop measuring after S seconds (default 45 quick, 300 full)")
+    cal.add_argument("--threads", type=int, default=None,
+                     help="torch threads (default: torch's; 1 on a busy machine)")
+    cal.add_argument("--out", default="profile.json", help="profile to write (JSON)")
+    cal.set_defaults(func=_cmd_calibrate)
+    val = sub.add_parser("validate", help="serve reference models for real on this device and "
+                         "compare with the simulator using a profile (needs the calibrate extra)")
+    val.add_argument("--profile", required=True, help="profile from servesim calibrate")
+    val.add_argument("--sizes", nargs="+", default=["small", "medium"],
+                     choices=["tiny", "small", "medium"], help="reference model sizes")
+    val.add_argument("--num-requests", type=int, default=60)
+    val.add_argument("--rate", type=float, default=8.0, help="arrivals per second")
+    val.add_argument("--threads", type=int, default=None,
+                     help="torch threads (use the calibration's; 1 on a busy machine)")
+    val.add_argument("--plot", default="validation.html",
+                     help="write measured vs predicted iteration times here (plotly HTML)")
+    val.set_defaults(func=_cmd_validate)
     sub.add_parser("models", help="list the model catalog").set_defaults(func=_cmd_models)
     sub.add_parser("hardware", help="list the accelerator catalog").set_defaults(
         func=_cmd_hardware
