@@ -38,6 +38,9 @@ TORCH_DTYPES: dict[str, ComputeDType] = {
 }
 """torch dtype names (MeasuredPoint.dtype) to the cost model's compute dtypes."""
 
+SMALL_M_MAX = 16
+"""GEMMs with at most this many rows get measured per-M correction factors."""
+
 HOLD_OUT_EVERY = 4
 """One point in this many (by size) is held out of the fit to judge it."""
 
@@ -132,10 +135,23 @@ def fit_gemm(points: list[MeasuredPoint], accelerator: AcceleratorSpec, dtype: C
     floor0 = min(p.seconds for p in points) / 2
     x = _fit(predict, [0.5, 0.5, floor0, 1.0, 0.5], [1e-3, 1e-3, 0.0, 0.0, 1e-3],
              [1.0, 1.0, 1e-2, 1e4, 1.0], fitted)
+    # What the curve cannot follow at small M (kernel choice by M): the geometric mean
+    # of measured over predicted at each small M, from the fitted points only.
+    ratios: dict[int, list[float]] = {}
+    for p, t in zip(fitted, predict(x, fitted), strict=True):
+        if p.shape["m"] <= SMALL_M_MAX:
+            ratios.setdefault(p.shape["m"], []).append(math.log(p.seconds / t))
+    factors = {m: math.exp(sum(r) / len(r)) for m, r in sorted(ratios.items())}
+    eff = GemmEfficiency(compute_frac=x[0], memory_frac=x[1], floor_s=x[2], half_m=x[3],
+                         gemv_memory_frac=x[4], small_m_factors=factors)
+
+    def corrected(xx: np.ndarray, pts: list[MeasuredPoint]) -> np.ndarray:
+        return predict(xx, pts) * np.array([eff.small_m_factor(p.shape["m"]) for p in pts])
+
     names = ("compute_frac", "memory_frac", "floor_s", "half_m", "gemv_memory_frac")
-    quality = _quality("gemm", dtype, names, x, predict, fitted, held)
-    return GemmEfficiency(compute_frac=x[0], memory_frac=x[1], floor_s=x[2],
-                          half_m=x[3], gemv_memory_frac=x[4]), quality
+    quality = _quality("gemm", dtype, names, x, corrected, fitted, held)
+    params = dict(quality.parameters, **{f"factor_m{m}": f for m, f in factors.items()})
+    return eff, quality.model_copy(update={"parameters": params})
 
 
 def fit_prefill_attention(points: list[MeasuredPoint], accelerator: AcceleratorSpec,

@@ -170,11 +170,11 @@ def gemm_shapes(quick: bool) -> list[GemmShape]:
     if quick:
         pairs = [(256, 512), (512, 2816), (1024, 1536), (2048, 2048), (2048, 16384),
                  (4096, 4096)]
-        ms = [1, 2, 4, 8, 16, 64, 256, 1024]  # decode batches are small: dense at low m
+        ms = [1, 2, 3, 4, 6, 8, 12, 16, 64, 256, 1024]  # decode batches: dense at low m
     else:
         pairs = sorted({kn for model in LLAMA_LIKE for kn in _weights(model)},
                        key=lambda kn: kn[0] * kn[1])
-        ms = [1, 2, 4, 8, 16, 32, 64, 256, 1024, 4096]
+        ms = [1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 32, 64, 256, 1024, 4096]
     return [GemmShape(m, k, n) for k, n in _spread(pairs) for m in _spread(ms)]
 
 

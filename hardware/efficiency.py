@@ -10,6 +10,7 @@ user's own device.
 
 from __future__ import annotations
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from simulator.dtypes import ComputeDType
@@ -38,6 +39,20 @@ class GemmEfficiency(_Frozen):
         description="Fraction of bandwidth for single-row products (M = 1), which BLAS "
         "libraries and engines run as matrix-vector kernels; None: memory_frac.",
     )
+    small_m_factors: dict[int, float] = Field(
+        default_factory=dict,
+        description="Measured time multipliers for small row counts, by M: BLAS libraries "
+        "pick kernels by M, so e.g. M = 3 can be slower than M = 4. Applied to the roofline "
+        "time of GEMMs with M up to the largest key (interpolated between keys); empty: none.",
+    )
+
+    def small_m_factor(self, m: float) -> float:
+        """The multiplier for ``m`` rows (1.0 beyond the table)."""
+        table = self.small_m_factors
+        if not table or m > max(table):
+            return 1.0
+        keys = sorted(table)
+        return float(np.interp(m, keys, [table[k] for k in keys]))
 
 
 class PrefillAttentionEfficiency(_Frozen):

@@ -172,6 +172,8 @@ class CostModel:
             memory_frac=memory_frac,
             floor_s=calls * eff.floor_s,
         )
+        if eff.small_m_factors and not isinstance(m, np.ndarray) and m > 0:
+            seconds = seconds * eff.small_m_factor(m)
         return OpCost(seconds, flops, hbm)
 
     def _elementwise(self, hbm: Scalar, kernels: int) -> OpCost:

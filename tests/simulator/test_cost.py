@@ -203,3 +203,15 @@ def test_gemm_efficiency_may_ramp_with_rows_and_differ_for_matrix_vector():
         expected = gemm.floor_s + max(flops * (m + 16) / (peak * gemm.compute_frac * m),
                                       hbm / (bw * mf))
         assert float(c._gemm(m, 4096, 4096, 2.0).seconds) == pytest.approx(expected, rel=1e-12)
+
+
+def test_small_m_factors_scale_gemms_by_rows_interpolating_between_measured_ones():
+    # Measured multipliers at M = 1, 3, 4: M = 2 interpolates (1.1 + 1.3) / 2, M = 5 is
+    # past the table and gets none.
+    gemm = DEFAULT_EFFICIENCY.gemm["bf16"].model_copy(
+        update={"small_m_factors": {1: 1.1, 3: 1.3, 4: 1.0}})
+    eff = DEFAULT_EFFICIENCY.model_copy(update={"gemm": {"bf16": gemm}})
+    plain, corrected = cost_for("llama-3.1-8b"), CostModel(get_model("llama-3.1-8b"), H100, eff)
+    for m, factor in ((1, 1.1), (2, 1.2), (3, 1.3), (4, 1.0), (5, 1.0)):
+        base = float(plain._gemm(m, 4096, 4096, 2.0).seconds)
+        assert float(corrected._gemm(m, 4096, 4096, 2.0).seconds) == pytest.approx(base * factor)
