@@ -1,35 +1,50 @@
-"""Reading request traces (CSV or JSONL) into arrays, with errors that point at the line.
+"""Reading request traces into arrays, with errors that point at the line.
 
 A trace has one request per row: an arrival time, a prompt length and an output
-length, and optionally a priority, a TTFT target and a shared prefix (id and length),
-in columns named by the :class:`~workloads.config.TraceWorkload`. Other columns are
-ignored. Every row is checked; the first bad one is reported with the
-file, its 1-based line number in the file (a CSV header is line 1) and the value.
+length, and optionally a priority, a TTFT target and a shared prefix (id and length).
+:mod:`workloads.readers` reads each format (generic CSV, JSONL and Parquet with the
+columns the :class:`~workloads.config.TraceWorkload` names; Azure, BurstGPT, Mooncake
+and ShareGPT with fixed ones); this module checks every row, the same way for every
+format, and the first bad one is reported with the file, where in it (a CSV's 1-based
+line, the header being line 1; a Parquet row; a ShareGPT conversation) and the value.
+Then it windows and samples, and counts in a :class:`TraceReport` every row it or the
+reader left out.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import math
-from collections.abc import Callable
-from operator import itemgetter
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.json as pa_json
 
 from workloads.config import TraceWorkload
+from workloads.readers import (
+    Locate,
+    Table,
+    _read_jsonl_pyarrow,
+    _read_jsonl_python,
+    read_table,
+    trace_format,
+)
 
-_SUFFIX_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-_UNITS_PER_SECOND = {"s": 1.0, "ms": 1e3, "us": 1e6}
+__all__ = [
+    "LoadedTrace",
+    "RequestArrays",
+    "TraceReport",
+    "_read_jsonl_pyarrow",
+    "_read_jsonl_python",
+    "load_trace",
+    "read_trace",
+    "trace_format",
+]
+
+logger = logging.getLogger(__name__)
+
 _MAX_TOKENS = 2**53  # largest integer a float64 holds exactly
-
-Locate = Callable[[int, str], tuple[int, str]]
-"""Maps (0-based data row, column) to (1-based file line, the value as the file shows it)."""
 
 
 class RequestArrays(NamedTuple):
@@ -72,61 +87,110 @@ class RequestArrays(NamedTuple):
         return list(zip(*(c.tolist() for c in columns), strict=True))
 
 
-def trace_format(config: TraceWorkload) -> str:
-    """``config.format``, or the format its file suffix names; never reads the file."""
-    if config.format is not None:
-        return config.format
-    fmt = _SUFFIX_FORMATS.get(config.path.suffix.lower())
-    if fmt is None:
-        raise ValueError(
-            f"{config.path}: cannot tell the trace format from the suffix "
-            f"{config.path.suffix!r} (known: {', '.join(_SUFFIX_FORMATS)}); "
-            "set format: csv or jsonl"
-        )
-    return fmt
+@dataclass(frozen=True, slots=True)
+class TraceReport:
+    """What loading a trace kept and left out; nothing is dropped without a count here.
+
+    ``num_rows`` = ``num_requests`` + the sum of ``dropped``.
+    """
+
+    path: Path
+    format: str
+    num_rows: int
+    """Data rows (ShareGPT: conversations) in the file."""
+    num_requests: int
+    """Requests kept, after the reader's filters, the window and sampling."""
+    dropped: Mapping[str, int]
+    """Reason -> rows dropped for it, in the order the filters ran (each counts among the
+    rows the previous ones kept); only the filters that ran are listed."""
+    notes: tuple[str, ...] = ()
+    """What the reader approximated (token counting, prefix trees)."""
+
+    def summary(self) -> str:
+        """One line: kept of read, each drop reason with its count, then the notes."""
+        parts = [f"{self.path} ({self.format}): {self.num_requests} of {self.num_rows} rows kept"]
+        parts += [f"{n} dropped: {reason}" for reason, n in self.dropped.items()]
+        return "; ".join(parts + list(self.notes))
 
 
-def read_trace(config: TraceWorkload) -> RequestArrays:
+class LoadedTrace(NamedTuple):
+    """A trace's requests and the report of what was kept."""
+
+    requests: RequestArrays
+    report: TraceReport
+
+
+def read_trace(config: TraceWorkload, rng: np.random.Generator | None = None) -> RequestArrays:
+    """The requests of :func:`load_trace`; its report is logged at INFO."""
+    requests, report = load_trace(config, rng)
+    logger.info("%s", report.summary())
+    return requests
+
+
+def load_trace(config: TraceWorkload, rng: np.random.Generator | None = None) -> LoadedTrace:
     """Load the trace ``config.path`` names; the file is only read, never written.
 
-    Arrival times are converted from ``config.time_unit`` to seconds, shifted so the
-    first request arrives at t = 0, and divided by ``config.time_scale``. Optional
-    columns the config names fill the ``RequestArrays`` columns of the same meaning.
+    Arrival times are converted to seconds and shifted so the first request arrives
+    at t = 0 (the trace's clock). The window keeps ``start_s <= t < end_s`` on that
+    clock, then sampling keeps every ``sample_every``-th request or each with
+    probability ``sample_frac``; the kept times become ``(t - start_s) / time_scale``
+    (``start_s`` None: 0). Optional columns fill the ``RequestArrays`` columns of the
+    same meaning. ``rng`` draws ``sample_frac`` and ShareGPT arrivals (two children are
+    spawned from it; None: a generator seeded 0); other traces use no randomness.
 
-    Raises ValueError, naming the file (and line where there is one), when a column is
-    missing, a value is missing, non-numeric or out of range (arrival < 0, token
-    counts not whole numbers >= 1, a priority not a whole number, a TTFT target not > 0,
-    a prefix id not a whole number >= -1, prefix tokens not a whole number from 0 to the
-    prompt's length), the arrival times decrease, or the trace is empty.
+    Raises ValueError, naming the file (and line, row or conversation where there is
+    one), when a column is missing, a value is missing, non-numeric or out of range
+    (arrival < 0, token counts not whole numbers >= 1, a priority not a whole number, a
+    TTFT target not > 0, a prefix id not a whole number >= -1, prefix tokens not a whole
+    number from 0 to the prompt's length), the arrival times decrease, or no request is
+    left.
     """
-    named = config.columns()
-    columns = list(named.values())
-    if trace_format(config) == "csv":
-        values, locate = _read_csv(config.path, columns)
-    else:
-        values, locate = _read_jsonl(config.path, columns)
-    by_field = dict(zip(named, values, strict=True))
-    arrival = by_field["arrival_column"]
+    sample_rng, reader_rng = (np.random.default_rng(0) if rng is None else rng).spawn(2)
+    table = read_table(config, reader_rng)
+    fmt = trace_format(config)
+    arrival = table.values["arrival_column"]
     if len(arrival) == 0:
-        raise ValueError(f"{config.path}: the trace has no requests")
-    _check_values(config.path, _checks(named, by_field), locate)
-    _check_sorted(config.path, config.arrival_column, arrival, locate)
-    arrival_s = (arrival - arrival[0]) / (_UNITS_PER_SECOND[config.time_unit] * config.time_scale)
+        raise ValueError(f"{config.path}: the trace has no requests{_dropped_note(table)}")
+    _check_values(config.path, _checks(table.columns, table.values), table.locate)
+    _check_sorted(config.path, table.columns["arrival_column"], arrival, table.locate)
+    num_rows = len(arrival) + sum(table.dropped.values())
+    shifted_s = (arrival - arrival[0]) * table.seconds_per_unit
+    table = table._replace(values={**table.values, "arrival_column": shifted_s})
+    start_s = 0.0 if config.start_s is None else config.start_s
+    if config.start_s is not None:
+        table = table.keep(table.values["arrival_column"] >= start_s, "before start_s")
+    if config.end_s is not None:
+        table = table.keep(table.values["arrival_column"] < config.end_s, "at or after end_s")
+    n = len(table.values["arrival_column"])
+    if config.sample_every is not None:
+        table = table.keep(np.arange(n) % config.sample_every == 0, "sample_every")
+    if config.sample_frac is not None:
+        table = table.keep(sample_rng.random(n) < config.sample_frac, "sample_frac")
+    v = table.values
+    report = TraceReport(config.path, fmt, num_rows, len(v["arrival_column"]),
+                         dict(table.dropped), table.notes)
+    if len(v["arrival_column"]) == 0:
+        raise ValueError(f"{config.path}: no request left: {report.summary()}")
 
     def ints(field: str) -> np.ndarray | None:
-        x = by_field.get(field)
+        x = v.get(field)
         return None if x is None else x.astype(np.int64)
 
-    return RequestArrays(
-        arrival_s,
-        by_field["prompt_column"].astype(np.int64),
-        by_field["output_column"].astype(np.int64),
+    requests = RequestArrays(
+        (v["arrival_column"] - start_s) / config.time_scale,
+        v["prompt_column"].astype(np.int64),
+        v["output_column"].astype(np.int64),
         priority=ints("priority_column"),
-        ttft_slo_s=by_field.get("ttft_slo_column"),
+        ttft_slo_s=v.get("ttft_slo_column"),
         prefix_id=ints("prefix_id_column"),
         prefix_tokens=ints("prefix_tokens_column"),
     )
+    return LoadedTrace(requests, report)
 
+
+def _dropped_note(table: Table) -> str:
+    dropped = [f"{n} dropped: {reason}" for reason, n in table.dropped.items() if n]
+    return f" ({'; '.join(dropped)})" if dropped else ""
 
 # ---------------------------------------------------------------- validation
 
@@ -187,9 +251,9 @@ def _check_values(
         return
     row, j = first
     column, _, requirement = checks[j]
-    line, shown = locate(row, column)
+    where, shown = locate(row, column)
     raise ValueError(
-        f"{path}, line {line}: column {column!r} has {shown}, expected {requirement(row)}"
+        f"{path}, {where}: column {column!r} has {shown}, expected {requirement(row)}"
     )
 
 
@@ -199,152 +263,9 @@ def _check_sorted(path: Path, column: str, arrival: np.ndarray, locate: Locate) 
     if len(drops) == 0:
         return
     row = int(drops[0]) + 1
-    line, raw = locate(row, column)
-    prev_line, prev_raw = locate(row - 1, column)
+    where, raw = locate(row, column)
+    prev_where, prev_raw = locate(row - 1, column)
     raise ValueError(
-        f"{path}, line {line}: {column} {raw} is earlier than {prev_raw} on line {prev_line}; "
+        f"{path}, {where}: {column} {raw} is earlier than {prev_raw} on {prev_where}; "
         "a trace must list requests in non-decreasing arrival order"
     )
-
-
-def _missing_columns(path: Path, expected: list[str], found: list[str], where: str = "") -> None:
-    missing = [c for c in expected if c not in found]
-    if missing:
-        raise ValueError(
-            f"{path}{where}: missing column(s) {missing}; expected columns {expected}, "
-            f"found {found}"
-        )
-
-
-# ---------------------------------------------------------------- CSV
-
-
-def _read_csv(path: Path, columns: list[str]) -> tuple[list[np.ndarray], Locate]:
-    try:
-        found = [str(c) for c in pd.read_csv(path, nrows=0).columns]
-    except pd.errors.EmptyDataError:
-        raise ValueError(f"{path}: empty file; expected a header row with {columns}") from None
-    _missing_columns(path, columns, found)
-    try:
-        frame = pd.read_csv(path, usecols=columns, low_memory=False)
-    except pd.errors.ParserError as e:
-        raise ValueError(f"{path}: not a valid CSV trace: {e}") from None
-    # Non-numeric cells make a column non-numeric; coerce them to NaN so that one
-    # vectorised check finds them, and recover their text from the file only on error.
-    values = [
-        pd.to_numeric(frame[c], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-        for c in columns
-    ]
-    return values, lambda row, column: _csv_locate(path, row, column)
-
-
-def _csv_locate(path: Path, row: int, column: str) -> tuple[int, str]:
-    """Line number and quoted text of data row ``row`` in ``column``; rescans the file.
-
-    Only called on the error path. Blank lines are skipped as pandas skips them, and
-    a quoted field spanning lines reports the line its row starts on.
-    """
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header: list[str] | None = None
-        data_row = -1
-        while True:
-            start_line = reader.line_num + 1
-            try:
-                fields = next(reader)
-            except StopIteration:
-                break
-            if not fields or (len(fields) == 1 and not fields[0].strip()):
-                continue
-            if header is None:
-                header = fields
-                continue
-            data_row += 1
-            if data_row == row:
-                k = header.index(column)
-                text = fields[k] if k < len(fields) else ""
-                return start_line, repr(text) if text.strip() else "no value"
-    raise AssertionError(f"{path}: data row {row} not found on rescan")
-
-
-# ---------------------------------------------------------------- JSONL
-
-
-def _json_numbers(column: list[Any]) -> np.ndarray:
-    """float64 array of JSON numbers; anything else (string, bool, null...) becomes NaN."""
-    # bool is an int subclass, but true/false is not a token count: compare types exactly.
-    if set(map(type, column)) <= {int, float}:
-        return np.array(column, dtype=np.float64)
-    return np.array(
-        [float(v) if type(v) in (int, float) else math.nan for v in column], dtype=np.float64
-    )
-
-
-def _read_jsonl(path: Path, columns: list[str]) -> tuple[list[np.ndarray], Locate]:
-    """Columns of a JSONL trace: pyarrow when the file is plainly well formed, else Python.
-
-    The line-by-line Python reader is the reference; pyarrow (about 10x faster) is
-    used only when it parses every line into one row of non-null numbers, and
-    then errors found later are located by rescanning with the Python reader.
-    """
-    values = _read_jsonl_pyarrow(path, columns)
-    if values is None:
-        return _read_jsonl_python(path, columns)
-    return values, lambda row, column: _read_jsonl_python(path, columns)[1](row, column)
-
-
-def _read_jsonl_pyarrow(path: Path, columns: list[str]) -> list[np.ndarray] | None:
-    schema = pa.schema([(c, pa.float64()) for c in columns])
-    options = pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
-    try:
-        table = pa_json.read_json(path, parse_options=options)
-    except pa.ArrowInvalid:
-        return None  # a string, bool, array or malformed line: let the Python reader say where
-    if any(table.column(c).null_count for c in columns):
-        return None  # a key missing or null
-    # pyarrow also accepts several objects on one line; the Python reader does not.
-    num_rows = sum(1 for line in path.read_bytes().splitlines() if line.strip())
-    if table.num_rows != num_rows:
-        return None
-    return [table.column(c).to_numpy() for c in columns]
-
-
-def _read_jsonl_python(path: Path, columns: list[str]) -> tuple[list[np.ndarray], Locate]:
-    get = itemgetter(*columns)  # a tuple of values: there are at least three columns
-    rows: list[tuple[Any, ...]] = []
-    lines: list[int] = []
-    loads = json.loads
-    with path.open(encoding="utf-8") as f:
-        for line_no, text in enumerate(f, start=1):
-            try:
-                row = get(loads(text))
-            except (json.JSONDecodeError, KeyError, TypeError, IndexError):
-                # Slow path, off the loop's hot code: a blank line, or an error to explain.
-                if not text.strip():
-                    continue
-                _explain_jsonl_line(path, line_no, text, columns)
-                raise
-            rows.append(row)
-            lines.append(line_no)
-    raw: list[list[Any]] = (
-        [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in columns]
-    )
-    values = [_json_numbers(col) for col in raw]
-
-    def locate(row: int, column: str) -> tuple[int, str]:
-        return lines[row], json.dumps(raw[columns.index(column)][row])
-
-    return values, locate
-
-
-def _explain_jsonl_line(path: Path, line_no: int, text: str, columns: list[str]) -> None:
-    """Raise a ValueError saying why line ``line_no`` is not a trace row."""
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}, line {line_no}: not valid JSON ({e.msg})") from None
-    if not isinstance(obj, dict):
-        raise ValueError(
-            f"{path}, line {line_no}: expected a JSON object, got {type(obj).__name__}"
-        )
-    _missing_columns(path, columns, list(obj), where=f", line {line_no}")

@@ -93,7 +93,7 @@ def test_unknown_kind_lists_the_known_ones() -> None:
         (ArrivalProcess, {"kind": "poisson", "rate_per_s": 1, "burst": 3}),  # extra field
         (WorkloadConfig, {"kind": "trace", "path": "t.csv", "time_scale": 0}),
         (WorkloadConfig, {"kind": "trace", "path": "t.csv", "time_unit": "min"}),
-        (WorkloadConfig, {"kind": "trace", "path": "t.csv", "format": "parquet"}),
+        (WorkloadConfig, {"kind": "trace", "path": "t.csv", "format": "xlsx"}),
         (WorkloadConfig, {"kind": "trace", "path": "t.csv", "output_column": "prompt_tokens"}),
         (WorkloadConfig, {"kind": "trace", "path": "t.csv", "priority_column": "arrival_s"}),
         (WorkloadConfig, {"kind": "trace", "path": "t.csv", "priority_column": "p",
