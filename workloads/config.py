@@ -14,7 +14,15 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from workloads.arrivals import constant_gaps, gamma_gaps, poisson_gaps
+from workloads.arrivals import (
+    PiecewiseRate,
+    constant_gaps,
+    diurnal_arrival_times,
+    gamma_gaps,
+    mmpp_arrival_times,
+    poisson_gaps,
+    schedule_arrival_times,
+)
 from workloads.lengths import (
     MAX_ZIPF_RANGE,
     sample_fixed,
@@ -233,11 +241,135 @@ class ClosedLoopArrivals(BaseModel):
     )
 
 
-OpenLoopArrivals = PoissonArrivals | GammaArrivals | ConstantArrivals | OfflineArrivals
-"""Arrival processes whose times do not depend on the simulation (they have inter_arrivals)."""
+class ScheduleSegment(BaseModel):
+    """One point of a rate schedule: from ``start_s`` on, the rate is ``rate_per_s``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    start_s: float = Field(ge=0, description="When this segment starts (s since t = 0).")
+    rate_per_s: float = Field(ge=0, description="Arrival rate from start_s on (requests/s).")
+
+
+class ScheduleArrivals(BaseModel):
+    """Open loop, Poisson process whose rate follows a schedule of segments.
+
+    ``ramp: false``: the rate steps to each segment's rate at its start (piecewise
+    constant). ``ramp: true``: it moves linearly from one segment point to the next. After
+    the last segment's start its rate holds. Generated exactly by time rescaling.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["schedule"] = Field(default="schedule", description=_KIND_DESC)
+    segments: tuple[ScheduleSegment, ...] = Field(
+        min_length=1, description="Rate segments, sorted by start_s; the first starts at 0."
+    )
+    ramp: bool = Field(
+        default=False, description="Interpolate linearly between segment points (else steps)."
+    )
+
+    @model_validator(mode="after")
+    def _check_segments(self) -> ScheduleArrivals:
+        if self.segments[0].start_s != 0:
+            raise ValueError(f"segments[0].start_s must be 0, got {self.segments[0].start_s:g}")
+        for i in range(1, len(self.segments)):
+            if not self.segments[i].start_s > self.segments[i - 1].start_s:
+                raise ValueError(
+                    f"segments must be sorted by start_s: segments[{i}].start_s "
+                    f"({self.segments[i].start_s:g}) <= segments[{i - 1}].start_s "
+                    f"({self.segments[i - 1].start_s:g})"
+                )
+        if not any(s.rate_per_s > 0 for s in self.segments):
+            raise ValueError("segments: at least one rate_per_s must be > 0")
+        return self
+
+    def rate(self) -> PiecewiseRate:
+        """The schedule as a piecewise rate (knots at the segment starts)."""
+        return PiecewiseRate(np.array([s.start_s for s in self.segments]),
+                             np.array([s.rate_per_s for s in self.segments]), ramp=self.ramp)
+
+    def arrival_times(self, rng: np.random.Generator, *, num_requests: int | None,
+                      duration_s: float | None) -> np.ndarray:
+        """Arrival times (float64 s) drawn from ``rng``, cut to the bounds."""
+        return schedule_arrival_times(rng, self.rate(), num_requests=num_requests,
+                                      duration_s=duration_s)
+
+
+class DiurnalArrivals(BaseModel):
+    """Open loop, Poisson process with a sinusoidal rate (a day's traffic cycle):
+    ``mean_rate_per_s * (1 + amplitude_frac * sin(2π (t - phase_s) / period_s))``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["diurnal"] = Field(default="diurnal", description=_KIND_DESC)
+    mean_rate_per_s: float = Field(gt=0, description="Rate averaged over a period (requests/s).")
+    amplitude_frac: float = Field(
+        ge=0, le=1, description="Swing of the rate as a share of the mean (0: Poisson)."
+    )
+    period_s: float = Field(default=86400.0, gt=0, description="Length of one cycle (s).")
+    phase_s: float = Field(
+        default=0.0, description="Time (s) at which the rate crosses the mean, rising."
+    )
+
+    def arrival_times(self, rng: np.random.Generator, *, num_requests: int | None,
+                      duration_s: float | None) -> np.ndarray:
+        """Arrival times (float64 s) drawn from ``rng``, cut to the bounds."""
+        return diurnal_arrival_times(
+            rng, self.mean_rate_per_s, self.amplitude_frac, self.period_s, self.phase_s,
+            num_requests=num_requests, duration_s=duration_s,
+        )
+
+
+class MMPPState(BaseModel):
+    """One state of a Markov-modulated Poisson process."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rate_per_s: float = Field(ge=0, description="Arrival rate in this state (requests/s).")
+    mean_dwell_s: float = Field(gt=0, description="Mean time spent per visit (s, exponential).")
+
+
+class MMPPArrivals(BaseModel):
+    """Open loop, Markov-modulated Poisson process: Poisson at the current state's rate;
+    each visit lasts an exponential time, then the next state is uniform among the others.
+
+    Starts in the first state. The long-run rate is the dwell-weighted mean of the rates,
+    ``sum(rate * mean_dwell) / sum(mean_dwell)``; gaps are burstier than Poisson (cv > 1).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["mmpp"] = Field(default="mmpp", description=_KIND_DESC)
+    states: tuple[MMPPState, ...] = Field(min_length=2, description="The states (at least 2).")
+
+    @model_validator(mode="after")
+    def _check_rates(self) -> MMPPArrivals:
+        if not any(s.rate_per_s > 0 for s in self.states):
+            raise ValueError("states: at least one rate_per_s must be > 0")
+        return self
+
+    def arrival_times(self, rng: np.random.Generator, *, num_requests: int | None,
+                      duration_s: float | None) -> np.ndarray:
+        """Arrival times (float64 s) drawn from ``rng``, cut to the bounds."""
+        return mmpp_arrival_times(
+            rng, np.array([s.rate_per_s for s in self.states]),
+            np.array([s.mean_dwell_s for s in self.states]),
+            num_requests=num_requests, duration_s=duration_s,
+        )
+
+
+RateModulatedArrivals = ScheduleArrivals | DiurnalArrivals | MMPPArrivals
+"""Open-loop Poisson processes with a time-varying rate (they have arrival_times)."""
+
+OpenLoopArrivals = (
+    PoissonArrivals | GammaArrivals | ConstantArrivals | OfflineArrivals | RateModulatedArrivals
+)
+"""Arrival processes whose times do not depend on the simulation (renewal processes have
+inter_arrivals, rate-modulated ones arrival_times)."""
 
 ArrivalProcess = Annotated[
-    PoissonArrivals | GammaArrivals | ConstantArrivals | OfflineArrivals | ClosedLoopArrivals,
+    PoissonArrivals | GammaArrivals | ConstantArrivals | OfflineArrivals | ScheduleArrivals
+    | DiurnalArrivals | MMPPArrivals | ClosedLoopArrivals,
     Field(discriminator="kind"),
 ]
 """How requests arrive, chosen by ``kind``."""
@@ -291,6 +423,35 @@ class SharedPrefix(BaseModel):
     )
 
 
+class Sessions(BaseModel):
+    """Multi-turn conversations: the arrival process starts sessions, and each session
+    sends several turns (requests), one ``think_time`` after another (open loop: the
+    reply is not waited for).
+
+    Turn 1's prompt is drawn from the workload's ``prompt_tokens``; turn k+1's prompt is
+    turn k's prompt + turn k's output + a new message. Every turn carries its session's
+    id as ``prefix_id`` (sessions numbered 0, 1, ... in start order) and its whole
+    prompt as ``prefix_tokens``, so a prefix cache reuses the history.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    num_turns: Annotated[int, Field(ge=1)] | LengthDist = Field(
+        description="Turns per session: a number, or a distribution drawn per session "
+        "(its *_tokens fields count turns)."
+    )
+    message_tokens: LengthDist = Field(
+        description="Length of the new user message of turns 2, 3, ... (tokens)."
+    )
+    mean_think_time_s: float = Field(
+        ge=0, description="Mean time from one turn's arrival to the next's (s)."
+    )
+    think_time_dist: Literal["exponential", "fixed"] = Field(
+        default="exponential",
+        description="Think times: exponential with that mean, or exactly the mean.",
+    )
+
+
 class SyntheticWorkload(BaseModel):
     """Requests drawn at random: arrival process, prompt lengths and output lengths.
 
@@ -318,22 +479,47 @@ class SyntheticWorkload(BaseModel):
     shared_prefix: SharedPrefix | None = Field(
         default=None, description="Shared prompt prefixes; None: no request shares one."
     )
+    sessions: Sessions | None = Field(
+        default=None,
+        description="Multi-turn sessions started by the arrival process; None: every "
+        "arrival is one independent request.",
+    )
 
     @model_validator(mode="after")
     def _check_closed_loop(self) -> SyntheticWorkload:
         if isinstance(self.arrival, ClosedLoopArrivals) and (
             self.classes is not None or self.shared_prefix is not None
+            or self.sessions is not None
         ):
             raise ValueError(
-                "classes and shared_prefix need open-loop arrivals: closed_loop clients draw "
-                "their requests during the run, without classes or prefixes; use poisson, "
-                "gamma, constant or offline arrivals, or drop them"
+                "classes, shared_prefix and sessions need open-loop arrivals: closed_loop "
+                "clients draw their requests during the run, without classes, prefixes or "
+                "sessions; use an open-loop arrival kind, or drop them"
+            )
+        if self.sessions is not None and (
+            self.classes is not None or self.shared_prefix is not None
+        ):
+            raise ValueError(
+                "sessions cannot be combined with classes or shared_prefix: a request has one "
+                "prefix_id, the session's, so a tenant prompt could not be shared across "
+                "sessions (and classes are not drawn per session); drop one of them"
             )
         return self
 
 
+TraceFormat = Literal["csv", "jsonl", "parquet", "azure", "burstgpt", "mooncake", "sharegpt"]
+"""Trace file formats: generic (columns named in the config) or public traces."""
+
+OpenLoopArrival = Annotated[OpenLoopArrivals, Field(discriminator="kind")]
+"""An open-loop arrival process, chosen by ``kind``."""
+
+_COLUMN_FIELDS = ("arrival_column", "prompt_column", "output_column", "priority_column",
+                  "ttft_slo_column", "prefix_id_column", "prefix_tokens_column")
+
+
 class TraceWorkload(BaseModel):
-    """Requests replayed from a file: CSV with a header row, or JSONL (one object a line).
+    """Requests replayed from a file: CSV with a header row, JSONL (one object a line),
+    Parquet, or a public trace format (Azure, BurstGPT, Mooncake, ShareGPT).
 
     Arrival times must be non-decreasing in file order; they are shifted so the first
     request arrives at t = 0, then divided by ``time_scale``. Optional columns give
@@ -346,8 +532,11 @@ class TraceWorkload(BaseModel):
 
     kind: Literal["trace"] = Field(default="trace", description=_KIND_DESC)
     path: Path = Field(description="Trace file; a relative path is relative to the working dir.")
-    format: Literal["csv", "jsonl"] | None = Field(
-        default=None, description="File format; None: from the suffix (.csv, .jsonl or .ndjson)."
+    format: TraceFormat | None = Field(
+        default=None,
+        description="File format: csv, jsonl, parquet (columns named below) or a public "
+        "trace (azure, burstgpt, mooncake, sharegpt; fixed columns, see docs/workloads.md). "
+        "None: from the suffix (.csv, .jsonl, .ndjson, .parquet).",
     )
     time_scale: float = Field(
         default=1.0, gt=0, description="Replay speed-up factor: arrival times are divided by it."
@@ -384,12 +573,47 @@ class TraceWorkload(BaseModel):
         "(0 to the prompt's length); needs prefix_id_column.",
     )
 
+    start_s: float | None = Field(
+        default=None, ge=0,
+        description="Keep requests arriving at or after this time (s on the trace's clock, "
+        "first arrival = 0, before time_scale); they are shifted so start_s replays at 0. "
+        "None: from the start.",
+    )
+    end_s: float | None = Field(
+        default=None, gt=0,
+        description="Keep requests arriving before this time (s on the trace's clock, first "
+        "arrival = 0, before time_scale). None: to the end.",
+    )
+    sample_frac: float | None = Field(
+        default=None, gt=0, le=1,
+        description="Keep each request with this probability (the scenario's seed); None: all.",
+    )
+    sample_every: int | None = Field(
+        default=None, ge=1, description="Keep every k-th request (the 1st, k+1-th, ...); None: all."
+    )
+    models: tuple[str, ...] | None = Field(
+        default=None, min_length=1,
+        description="burstgpt only: keep rows whose Model is one of these; None: all.",
+    )
+    log_types: tuple[str, ...] | None = Field(
+        default=None, min_length=1,
+        description="burstgpt only: keep rows whose Log Type is one of these; None: all.",
+    )
+    arrival: OpenLoopArrival | None = Field(
+        default=None,
+        description="sharegpt only (required there): the arrival process of the conversations, "
+        "which carry no timestamps.",
+    )
+    tokenizer: str | None = Field(
+        default=None, min_length=1,
+        description="sharegpt only: a tiktoken encoding or Hugging Face tokenizer name to count "
+        "tokens with; None: about 4 characters per token.",
+    )
+
     def columns(self) -> dict[str, str]:
         """The columns this config reads: field name -> column name, the three required
         ones first, then the optional ones that are set."""
-        fields = ["arrival_column", "prompt_column", "output_column", "priority_column",
-                  "ttft_slo_column", "prefix_id_column", "prefix_tokens_column"]
-        named = {f: getattr(self, f) for f in fields}
+        named = {f: getattr(self, f) for f in _COLUMN_FIELDS}
         return {f: c for f, c in named.items() if c is not None}
 
     @model_validator(mode="after")
@@ -410,7 +634,30 @@ class TraceWorkload(BaseModel):
                 f"prefix_id_column ({self.prefix_id_column!r}) and prefix_tokens_column "
                 f"({self.prefix_tokens_column!r}) go together: set both or neither"
             )
+        self._check_format_fields()
         return self
+
+    def _check_format_fields(self) -> None:
+        """Public formats have fixed columns; format-specific fields need their format."""
+        if self.sample_frac is not None and self.sample_every is not None:
+            raise ValueError("set sample_frac or sample_every, not both")
+        if self.start_s is not None and self.end_s is not None and self.end_s <= self.start_s:
+            raise ValueError(f"end_s ({self.end_s}) must be > start_s ({self.start_s})")
+        fmt = self.format
+        if fmt in ("azure", "burstgpt", "mooncake", "sharegpt"):
+            mapped = sorted(self.model_fields_set & {*_COLUMN_FIELDS, "time_unit"})
+            if mapped:
+                raise ValueError(f"format {fmt} has fixed columns; remove {mapped}")
+        only = {"models": "burstgpt", "log_types": "burstgpt", "arrival": "sharegpt",
+                "tokenizer": "sharegpt"}
+        for field, owner in only.items():
+            if getattr(self, field) is not None and fmt != owner:
+                raise ValueError(f"{field} applies to format {owner} only (format is {fmt})")
+        if fmt == "sharegpt" and self.arrival is None:
+            raise ValueError(
+                "format sharegpt has no timestamps: set arrival (e.g. {kind: poisson, "
+                "rate_per_s: 5})"
+            )
 
 
 WorkloadConfig = Annotated[SyntheticWorkload | TraceWorkload, Field(discriminator="kind")]

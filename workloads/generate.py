@@ -6,6 +6,8 @@ latencies, so the engine drives them, sampling lengths with the config's ``sampl
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from workloads.arrivals import (
@@ -19,15 +21,18 @@ from workloads.config import (
     ConstantArrivals,
     GammaArrivals,
     OfflineArrivals,
+    OpenLoopArrivals,
     PoissonArrivals,
+    RateModulatedArrivals,
     RequestClass,
+    Sessions,
     SharedPrefix,
     SyntheticWorkload,
     TraceWorkload,
 )
 from workloads.trace import RequestArrays, read_trace
 
-__all__ = ["RequestArrays", "open_loop_requests"]
+__all__ = ["RequestArrays", "open_loop_arrival_times", "open_loop_requests"]
 
 
 def open_loop_requests(
@@ -47,22 +52,25 @@ def open_loop_requests(
 
     Randomness: five child generators are spawned from ``rng`` (which advances its
     spawn counter and nothing else) for arrivals, prompt lengths, output lengths,
-    request classes and shared prefixes, in that order. Changing a length distribution
-    therefore leaves arrival times unchanged, adding ``classes`` or ``shared_prefix``
-    leaves the other streams unchanged, and a longer bound extends a shorter one: the
-    first requests are identical. A trace uses no randomness.
+    request classes and shared prefixes, in that order; with ``sessions`` a sixth is
+    spawned after them (only then, so workloads without sessions are unchanged).
+    Changing a length distribution therefore leaves arrival times unchanged, adding
+    ``classes`` or ``shared_prefix`` leaves the other streams unchanged, and a longer
+    bound extends a shorter one: the first requests are identical. A trace passes ``rng`` to
+    :func:`read_trace` (for ``sample_frac`` and ShareGPT arrivals).
 
     With ``classes``, each request draws its class (weights normalised); a class with its
     own length distribution draws its requests' lengths from a stream of its own, the
     others keep the workload's draws. With ``shared_prefix``, a request carries a prefix
     with probability ``request_frac``, chosen uniformly; each prefix's length is drawn
-    once, and is added to the request's sampled prompt length.
+    once, and is added to the request's sampled prompt length. With ``sessions``, the
+    arrival process starts sessions and the bounds count turns (see :func:`_sessions`).
 
     Raises TypeError for a closed-loop workload and ValueError for missing or invalid
     bounds or a bad trace file.
     """
     if isinstance(workload, TraceWorkload):
-        return _truncate(read_trace(workload), num_requests, duration_s)
+        return _truncate(read_trace(workload, rng), num_requests, duration_s)
     process = workload.arrival
     if isinstance(process, ClosedLoopArrivals):
         raise TypeError(
@@ -70,22 +78,13 @@ def open_loop_requests(
             "open_loop_requests cannot generate them"
         )
     arrival_rng, prompt_rng, output_rng, class_rng, prefix_rng = rng.spawn(5)
-    if isinstance(process, PoissonArrivals | GammaArrivals):
-        gap_cv = process.cv if isinstance(process, GammaArrivals) else 1.0
-        arrival_s = arrival_times(
-            lambda n: process.inter_arrivals(arrival_rng, n),
-            rate_per_s=process.rate_per_s,
-            gap_cv=gap_cv,
-            num_requests=num_requests,
-            duration_s=duration_s,
-        )
-    elif isinstance(process, ConstantArrivals):
-        arrival_s = constant_arrival_times(
-            process.rate_per_s, num_requests=num_requests, duration_s=duration_s
-        )
-    else:
-        assert isinstance(process, OfflineArrivals)
-        arrival_s = offline_arrival_times(num_requests, duration_s)
+    arrival_s = open_loop_arrival_times(
+        process, arrival_rng, num_requests=num_requests, duration_s=duration_s
+    )
+    if workload.sessions is not None:
+        (session_rng,) = rng.spawn(1)
+        return _sessions(workload, workload.sessions, arrival_s, prompt_rng, output_rng,
+                         session_rng, num_requests, duration_s)
     n = len(arrival_s)
     requests = RequestArrays(
         arrival_s,
@@ -97,6 +96,81 @@ def open_loop_requests(
     if workload.shared_prefix is not None:
         requests = _with_prefixes(requests, workload.shared_prefix, prefix_rng)
     return requests
+
+
+def open_loop_arrival_times(
+    process: OpenLoopArrivals,
+    rng: np.random.Generator,
+    *,
+    num_requests: int | None,
+    duration_s: float | None,
+) -> np.ndarray:
+    """Arrival times (float64 s, non-decreasing) of any open-loop process, drawn from
+    ``rng`` and cut to the first ``num_requests`` and/or those ``< duration_s``."""
+    if isinstance(process, PoissonArrivals | GammaArrivals):
+        gap_cv = process.cv if isinstance(process, GammaArrivals) else 1.0
+        return arrival_times(
+            lambda n: process.inter_arrivals(rng, n),
+            rate_per_s=process.rate_per_s,
+            gap_cv=gap_cv,
+            num_requests=num_requests,
+            duration_s=duration_s,
+        )
+    if isinstance(process, ConstantArrivals):
+        return constant_arrival_times(
+            process.rate_per_s, num_requests=num_requests, duration_s=duration_s
+        )
+    if isinstance(process, OfflineArrivals):
+        return offline_arrival_times(num_requests, duration_s)
+    assert isinstance(process, RateModulatedArrivals)
+    return process.arrival_times(rng, num_requests=num_requests, duration_s=duration_s)
+
+
+def _sessions(workload: SyntheticWorkload, sessions: Sessions, start_s: np.ndarray,
+              prompt_rng: np.random.Generator, output_rng: np.random.Generator,
+              rng: np.random.Generator, num_requests: int | None,
+              duration_s: float | None) -> RequestArrays:
+    """The turns of sessions starting at ``start_s``, sorted by arrival and cut to the
+    bounds.
+
+    Turn k+1 arrives one think time after turn k (open loop); its prompt is turn k's
+    prompt + output + a new message. Draws are made per session, then per turn in
+    session order (turn counts, first prompts, outputs, messages, think times), each
+    from its own stream, so more sessions extend fewer. The sessions started within
+    the bounds suffice: a session starting later has no turn before its start, which is
+    after the first ``num_requests`` turns already started (every session has >= 1).
+    """
+    num_sessions = len(start_s)
+    turns_rng, message_rng, think_rng = rng.spawn(3)
+    if isinstance(sessions.num_turns, int):
+        num_turns = np.full(num_sessions, sessions.num_turns, dtype=np.int64)
+    else:
+        num_turns = sessions.num_turns.sample(turns_rng, num_sessions)
+    total = int(num_turns.sum())
+    session = np.repeat(np.arange(num_sessions, dtype=np.int64), num_turns)
+    first = np.cumsum(num_turns) - num_turns  # index of each session's first turn
+    turn = np.arange(total, dtype=np.int64) - np.repeat(first, num_turns)  # 0-based
+    output = workload.output_tokens.sample(output_rng, total)
+    message = sessions.message_tokens.sample(message_rng, total)  # turn 0's unused
+    if sessions.think_time_dist == "exponential":
+        think_s = think_rng.exponential(sessions.mean_think_time_s, size=total)
+    else:
+        think_s = np.full(total, sessions.mean_think_time_s)
+    prompt = np.empty(total, dtype=np.int64)
+    arrival_s = np.empty(total)
+    prompt[first] = workload.prompt_tokens.sample(prompt_rng, num_sessions)
+    arrival_s[first] = start_s
+    # One vectorised step per turn index: turn k of every session that has one.
+    order = np.argsort(turn, kind="stable")
+    bounds = np.searchsorted(turn[order], np.arange(1, int(num_turns.max(initial=0)) + 1))
+    for lo, hi in itertools.pairwise(bounds):
+        idx = order[lo:hi]
+        prompt[idx] = prompt[idx - 1] + output[idx - 1] + message[idx]
+        arrival_s[idx] = arrival_s[idx - 1] + think_s[idx]
+    by_arrival = np.argsort(arrival_s, kind="stable")
+    requests = RequestArrays(arrival_s[by_arrival], prompt[by_arrival], output[by_arrival],
+                             prefix_id=session[by_arrival], prefix_tokens=prompt[by_arrival])
+    return _truncate(requests, num_requests, duration_s)
 
 
 def _with_classes(requests: RequestArrays, classes: tuple[RequestClass, ...],
