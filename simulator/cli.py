@@ -180,6 +180,42 @@ def _cmd_validate(args: argparse.Namespace, console: Console) -> int:
     return 0 if all(r.meets_targets for r in reports) else 1
 
 
+def _cmd_fit(args: argparse.Namespace, console: Console) -> int:
+    import numpy as np
+
+    from workloads.config import TraceWorkload
+    from workloads.fit import fit_workload
+    from workloads.trace import load_trace
+
+    fields: dict[str, Any] = {"path": args.trace}
+    if args.format:
+        fields["format"] = args.format
+    loaded = load_trace(TraceWorkload.model_validate(fields), np.random.default_rng(0))
+    console.print(loaded.report.summary(), highlight=False)
+    fit = fit_workload(loaded.requests)
+    report = fit.report()
+    table = Table(title=f"fit of {args.trace}")
+    columns = ["family", "params", "ks_distance", "verdict", "trace_mean", "fit_mean",
+               "trace_p99", "fit_p99"]
+    table.add_column("quantity")
+    for column in columns:
+        table.add_column(column)
+    for quantity, row in report.iterrows():
+        table.add_row(str(quantity), *(f"{row[c]:.4g}" if isinstance(row[c], float)
+                                       else str(row[c]) for c in columns))
+    console.print(table)
+    console.print(f"gap cv {fit.gap_cv:.3g}, prompt-output Spearman "
+                  f"{fit.prompt_output_spearman:.3g} (the look-alike draws them independently)")
+    text = fit.to_yaml(args.rate)
+    if args.out:
+        Path(args.out).write_text(text)
+        console.print(f"wrote {args.out}: a scenario of its own (servesim run {args.out}), "
+                      "or the workload section of yours")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="servesim", description="Discrete-event simulator of LLM serving systems."
@@ -223,6 +259,15 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--plot", default="validation.html",
                      help="write measured vs predicted iteration times here (plotly HTML)")
     val.set_defaults(func=_cmd_validate)
+    fit = sub.add_parser("fit", help="fit arrival and length distributions to a trace and "
+                         "write a synthetic look-alike workload (YAML)")
+    fit.add_argument("trace", help="trace file (CSV, JSONL, Parquet or a public format)")
+    fit.add_argument("--format", help="csv, jsonl, parquet, azure, burstgpt, mooncake "
+                     "(default: from the suffix)")
+    fit.add_argument("--rate", type=float, default=None,
+                     help="arrival rate of the look-alike, req/s (default: the trace's)")
+    fit.add_argument("--out", help="write the workload YAML here (default: stdout)")
+    fit.set_defaults(func=_cmd_fit)
     sub.add_parser("models", help="list the model catalog").set_defaults(func=_cmd_models)
     sub.add_parser("hardware", help="list the accelerator catalog").set_defaults(
         func=_cmd_hardware

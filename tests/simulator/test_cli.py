@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
+import pytest
 import yaml
 
 from simulator.cli import main
+from simulator.scenario import Scenario, load_mapping
 
 
 def test_run_default_prints_a_summary(capsys):
@@ -71,3 +74,18 @@ def test_schema_describes_every_engine_field(capsys):
     engine = schema["$defs"]["EngineConfig"]["properties"]
     assert engine["max_num_seqs"]["description"]
     assert all(field.get("description") for field in engine.values())
+
+
+def test_fit_writes_a_look_alike_that_runs(tmp_path, capsys):
+    # A Poisson trace at 5 req/s with fixed lengths: the fit must find that rate and
+    # those lengths, and the YAML it writes must run as a scenario.
+    g = np.random.default_rng(3)
+    arrival = np.cumsum(g.exponential(0.2, 3000))
+    pd.DataFrame({"arrival_s": arrival, "prompt_tokens": 300, "output_tokens": 40}).to_csv(
+        tmp_path / "t.csv", index=False)
+    out = tmp_path / "w.yaml"
+    assert main(["fit", str(tmp_path / "t.csv"), "--out", str(out)]) == 0
+    s = Scenario.from_dict(load_mapping(out))
+    assert s.workload.arrival.rate_per_s == pytest.approx(5.0, rel=0.05)
+    assert s.workload.prompt_tokens.kind == "fixed" and s.workload.prompt_tokens.tokens == 300
+    assert main(["run", str(out), "--set", "stop.num_requests=50"]) == 0
