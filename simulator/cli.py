@@ -46,6 +46,8 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     summary = results.summary()
     console.print(summary_table(summary, title=f"servesim: {scenario.name}"))
     info = results.info
+    if info.workload_report:
+        console.print(f"trace: {info.workload_report}", highlight=False)
     console.print(
         f"simulated {info.end_s:.1f} s, {len(results.iterations)} iterations, in "
         f"{info.wall_s:.2f} s wall"

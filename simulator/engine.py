@@ -27,8 +27,8 @@ from simulator.replica import Replica
 from simulator.request import Request
 from simulator.results import Results, RunInfo
 from simulator.scenario import Scenario
-from workloads.config import ClosedLoopArrivals, SyntheticWorkload
-from workloads.generate import RequestArrays, open_loop_requests
+from workloads.config import ClosedLoopArrivals, SyntheticWorkload, TraceWorkload
+from workloads.generate import RequestArrays, open_loop_requests, trace_requests
 
 _LENGTH_CHUNK = 65536
 MAX_REJECTED_IN_A_ROW = 100_000
@@ -365,6 +365,7 @@ def simulate(scenario: Scenario, *, workers: int | None = None) -> Results:
     workload_seed = np.random.SeedSequence(scenario.seed).spawn(3)[0]
     rng = np.random.default_rng(workload_seed)
     workload, stop = scenario.workload, scenario.stop
+    workload_report: str | None = None
     all_replicas = range(scenario.deployment.replicas)
 
     if isinstance(workload, SyntheticWorkload) and isinstance(workload.arrival, ClosedLoopArrivals):
@@ -378,9 +379,13 @@ def simulate(scenario: Scenario, *, workers: int | None = None) -> Results:
         closed.start(cluster)
         run = _run(env, cluster, recorder, stop.duration_s)
     else:
-        arrays = open_loop_requests(
-            workload, num_requests=stop.num_requests, duration_s=stop.duration_s, rng=rng
-        )
+        if isinstance(workload, TraceWorkload):
+            arrays, workload_report = trace_requests(
+                workload, num_requests=stop.num_requests, duration_s=stop.duration_s, rng=rng)
+        else:
+            arrays = open_loop_requests(
+                workload, num_requests=stop.num_requests, duration_s=stop.duration_s, rng=rng
+            )
         arrays = arrays._replace(arrival_s=on_grid_array(arrays.arrival_s))
         routes = _route_ahead(deployment, arrays.prompt_tokens, arrays.output_tokens)
         predictor = _predictor(scenario, arrays)
@@ -402,5 +407,6 @@ def simulate(scenario: Scenario, *, workers: int | None = None) -> Results:
         slo_tpot_s=scenario.slo.tpot_s,
         end_s=run.end_s,
         wall_s=time.perf_counter() - wall_start,
+        workload_report=workload_report,
     )
     return Results(scenario, run.requests, run.iterations, info, run.itl_extra_s)

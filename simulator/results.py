@@ -49,6 +49,7 @@ class RunInfo:
     slo_tpot_s: float | None  # None: no TPOT target
     end_s: float  # simulated time at which the run stopped (>= every timestamp)
     wall_s: float  # wall-clock seconds the simulation took (for reporting only)
+    workload_report: str | None = None  # a trace's rows kept, and dropped by why; else None
 
     @property
     def num_devices(self) -> int:

@@ -30,7 +30,7 @@ from workloads.config import (
     SyntheticWorkload,
     TraceWorkload,
 )
-from workloads.trace import RequestArrays, read_trace
+from workloads.trace import RequestArrays, load_trace
 
 __all__ = ["RequestArrays", "open_loop_arrival_times", "open_loop_requests"]
 
@@ -70,7 +70,8 @@ def open_loop_requests(
     bounds or a bad trace file.
     """
     if isinstance(workload, TraceWorkload):
-        return _truncate(read_trace(workload, rng), num_requests, duration_s)
+        return trace_requests(workload, num_requests=num_requests, duration_s=duration_s,
+                              rng=rng)[0]
     process = workload.arrival
     if isinstance(process, ClosedLoopArrivals):
         raise TypeError(
@@ -213,6 +214,20 @@ def _with_prefixes(requests: RequestArrays, shared: SharedPrefix,
     prefix_tokens = np.where(carries, lengths[ids], 0)
     return requests._replace(prompt_tokens=requests.prompt_tokens + prefix_tokens,
                              prefix_id=prefix_id, prefix_tokens=prefix_tokens)
+
+
+def trace_requests(workload: TraceWorkload, *, num_requests: int | None,
+                   duration_s: float | None, rng: np.random.Generator
+                   ) -> tuple[RequestArrays, str]:
+    """A trace's requests within the bounds, and what was kept and dropped, in words:
+    the reader's report (rows filtered and why) and the rows the bounds cut."""
+    loaded = load_trace(workload, rng)
+    requests = _truncate(loaded.requests, num_requests, duration_s)
+    report = loaded.report.summary()
+    cut = len(loaded.requests.arrival_s) - len(requests.arrival_s)
+    if cut:
+        report += f"; {cut} more after the stop bound (stop.num_requests / stop.duration_s)"
+    return requests, report
 
 
 def _truncate(

@@ -297,3 +297,18 @@ def test_replay_through_simulate(name: str, text: str, extra: dict[str, Any],
     results = simulate(tiny_scenario(workload=workload, stop={"num_requests": None}))
     expected = len(read_trace(TraceWorkload.model_validate(workload)).arrival_s)
     assert (results.requests.status == "finished").sum() == expected
+
+
+def test_what_a_replay_dropped_reaches_the_results(tmp_path: Path) -> None:
+    # Nothing silently dropped: the two failed rows and the row the stop bound cut are
+    # both said in the run's info (the CLI prints it under the summary).
+    from simulator.conformance import tiny_scenario
+    from simulator.engine import simulate
+
+    path = write(tmp_path, "BurstGPT_1.csv", BURSTGPT)
+    s = tiny_scenario(workload={"kind": "trace", "format": "burstgpt", "path": str(path)},
+                      stop={"num_requests": 2})
+    report = simulate(s).info.workload_report
+    assert report is not None
+    assert "3 of 5 rows kept" in report and "2 dropped: failed (0 response tokens)" in report
+    assert "1 more after the stop bound" in report
