@@ -36,3 +36,25 @@ def test_what_if_script_prints_both_answers(capsys, monkeypatch):
     what_if.main()
     out = capsys.readouterr().out
     assert "FP8 KV cache" in out and "Chunked prefill" in out and "itl_p99_s" in out
+
+
+def test_max_rate_example_brackets_the_knee():
+    import max_rate
+
+    result = max_rate.plan(num_requests=300, executor="inprocess")
+    assert result.rate_per_s is not None and result.fails_rate_per_s is not None
+    assert result.rate_per_s < result.fails_rate_per_s
+    assert result.binding_constraint in ("ttft_p99_s", "tpot_p99_s")
+    assert "max sustainable rate" in result.describe()
+
+
+def test_plan_capacity_example_finds_a_cheapest_feasible_deployment():
+    import plan_capacity
+
+    result = plan_capacity.plan(num_requests=300, executor="inprocess")
+    assert result.best is not None
+    table = result.candidates
+    cheaper = table[table["cost_per_hour_usd"] < result.best["cost_per_hour_usd"]]
+    assert (cheaper["status"] != "meets").all() and table["reason"].notna().all()
+    assert result.num_pruned >= 1
+    assert "cheapest at 60 req/s" in result.describe()
