@@ -34,6 +34,12 @@ _EXPORTS = {
     "Results": "simulator.results",
     "RunInfo": "simulator.results",
     "Scenario": "simulator.scenario",
+    "summarize": "simulator.sweeps",
+    "sweep": "simulator.sweeps",
+    "SearchSpace": "simulator.planner",
+    "Target": "simulator.planner",
+    "cheapest_deployment": "simulator.planner",
+    "max_sustainable_rate": "simulator.planner",
 }
 
 __all__ = [
@@ -47,13 +53,19 @@ __all__ = [
     "RunInfo",
     "Scenario",
     "ScenarioError",
+    "SearchSpace",
+    "Target",
+    "cheapest_deployment",
     "check_policy",
     "get_model",
     "list_models",
+    "max_sustainable_rate",
     "model_from_hf_config",
     "price_iteration",
     "resolve",
     "simulate",
+    "summarize",
+    "sweep",
 ]
 
 if TYPE_CHECKING:
@@ -63,9 +75,11 @@ if TYPE_CHECKING:
     from simulator.engine import simulate
     from simulator.model import ModelSpec
     from simulator.model_catalog import get_model, list_models, model_from_hf_config
+    from simulator.planner import SearchSpace, Target, cheapest_deployment, max_sustainable_rate
     from simulator.pricing import price_iteration
     from simulator.results import Results, RunInfo
     from simulator.scenario import Scenario
+    from simulator.sweeps import summarize, sweep
 
 
 def __getattr__(name: str) -> Any:

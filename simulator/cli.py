@@ -218,6 +218,60 @@ def _cmd_fit(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace, console: Console) -> int:
+    from simulator.sweeps import sweep, to_parquet
+
+    spec = load_mapping(args.grid)
+    unknown = set(spec) - {"base", "grid", "replications"}
+    if unknown or not isinstance(spec.get("grid"), dict):
+        raise ValueError(f"{args.grid}: needs {{base: scenario or path, grid: {{path: [values]}}, "
+                         f"replications: k}}" + (f"; unknown keys {sorted(unknown)}" if unknown
+                                                 else ""))
+    base = spec.get("base") or {}
+    if isinstance(base, str):
+        path = Path(base) if Path(base).exists() else Path(args.grid).parent / base
+        base = load_mapping(path)
+    replications = args.replications or int(spec.get("replications", 1))
+    table = sweep(Scenario.from_dict(base), spec["grid"], replications=replications,
+                  executor=args.executor, workers=args.workers, address=args.address,
+                  cache_dir=args.cache, progress=True)
+    shown = [*spec["grid"], "replication", "ttft_p99_s", "tpot_p99_s", "output_tokens_per_s",
+             "slo_attainment_frac", "cost_per_million_output_tokens_usd"]
+    result = Table(title=f"sweep: {len(table)} runs")
+    for column in [*shown, "error"]:
+        result.add_column(column)
+    for _, row in table.iterrows():
+        cells = [f"{row[c]:.4g}" if isinstance(row.get(c), float) else str(row.get(c, ""))
+                 for c in shown]
+        result.add_row(*cells, row["error"] or "")
+    console.print(result)
+    to_parquet(table, args.out)
+    console.print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace, console: Console) -> int:
+    import time
+
+    from simulator.planner import LoadResult, plan_from_mapping
+
+    start = time.perf_counter()
+    spec = load_mapping(args.plan)
+    base = spec.get("base") or {}
+    if isinstance(base, str):
+        path = Path(base) if Path(base).exists() else Path(args.plan).parent / base
+        base = load_mapping(path)
+    if args.executor:
+        spec["executor"] = args.executor
+    result = plan_from_mapping(spec, Scenario.from_dict(base))
+    console.print(result.describe(), highlight=False, markup=False)
+    if isinstance(result, LoadResult):
+        console.print(result.probes[["rate_per_s", "n", "verdict", "detail"]].to_string(
+            index=False), highlight=False, markup=False)
+    console.print(f"planned in {time.perf_counter() - start:.1f} s wall")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="servesim", description="Discrete-event simulator of LLM serving systems."
@@ -270,6 +324,22 @@ def build_parser() -> argparse.ArgumentParser:
                      help="arrival rate of the look-alike, req/s (default: the trace's)")
     fit.add_argument("--out", help="write the workload YAML here (default: stdout)")
     fit.set_defaults(func=_cmd_fit)
+    swp = sub.add_parser("sweep", help="simulate a grid of overrides x replications into a "
+                         "table (Parquet)")
+    swp.add_argument("grid", help="YAML: {base: scenario or path, grid: {path: [values]}, "
+                     "replications: k}")
+    swp.add_argument("--executor", default="process", choices=["inprocess", "process", "ray"])
+    swp.add_argument("--address", help="Ray cluster address (default: start a local one)")
+    swp.add_argument("--workers", type=int, default=None, help="processes (default: CPUs)")
+    swp.add_argument("--replications", type=int, default=None, help="override the file's")
+    swp.add_argument("--out", default="sweep.parquet", help="table to write (Parquet)")
+    swp.add_argument("--cache", help="keep finished runs in DIR; reruns load them")
+    swp.set_defaults(func=_cmd_sweep)
+    pln = sub.add_parser("plan", help="capacity planning: max sustainable rate, or the cheapest "
+                         "deployment meeting the SLO (docs/planning.md)")
+    pln.add_argument("plan", help="YAML: {base: scenario or path, mode: max_rate | cheapest, ...}")
+    pln.add_argument("--executor", default=None, choices=["inprocess", "process", "ray"])
+    pln.set_defaults(func=_cmd_plan)
     sub.add_parser("models", help="list the model catalog").set_defaults(func=_cmd_models)
     sub.add_parser("hardware", help="list the accelerator catalog").set_defaults(
         func=_cmd_hardware
