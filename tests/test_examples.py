@@ -11,6 +11,8 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
 
 import what_if
 
+EXAMPLES = Path(__file__).parents[1] / "examples"
+
 
 def test_fp8_kv_doubles_the_cache_and_shortens_queues():
     table = what_if.fp8_kv(num_requests=120)
@@ -58,3 +60,19 @@ def test_plan_capacity_example_finds_a_cheapest_feasible_deployment():
     assert (cheaper["status"] != "meets").all() and table["reason"].notna().all()
     assert result.num_pruned >= 1
     assert "cheapest at 60 req/s" in result.describe()
+
+
+def test_readme_plan_and_sweep_files_run(tmp_path, capsys):
+    # The README's planning commands, as written: a plan that finds an answer and
+    # prunes before simulating, and a sweep that writes one row per point x seed.
+    import pandas as pd
+
+    from simulator.cli import main
+
+    assert main(["plan", str(EXAMPLES / "plan.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "cheapest at 60 req/s" in out and "pruned before simulation" in out
+    table = tmp_path / "sweep.parquet"
+    assert main(["sweep", str(EXAMPLES / "sweep.yaml"), "--executor", "inprocess",
+                 "--out", str(table)]) == 0
+    assert len(pd.read_parquet(table)) == 2 * 3 * 3
