@@ -111,6 +111,14 @@ def _probe(accelerator: AcceleratorSpec, efficiency: EfficiencyProfile, *, heads
                      activation_dtype=dtype, kv_cache_dtype=dtype)
 
 
+def gemm_seconds(accelerator: AcceleratorSpec, efficiency: EfficiencyProfile,
+                 dtype: ComputeDType, m: int, k: int, n: int) -> float:
+    """The cost model's time for one ``[m, k] x [k, n]`` GEMM in ``dtype`` on a device
+    with ``efficiency``: what a profile predicts for a measured shape."""
+    probe = _probe(accelerator, efficiency, dtype=dtype)
+    return float(probe._gemm(m, k, n, BYTES_PER_ELEMENT[dtype]).seconds)
+
+
 def fit_gemm(points: list[MeasuredPoint], accelerator: AcceleratorSpec, dtype: ComputeDType
              ) -> tuple[GemmEfficiency, FitQuality]:
     """compute_frac, memory_frac, floor_s and half_m of

@@ -272,6 +272,26 @@ def _cmd_plan(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _cmd_dashboard(args: argparse.Namespace, console: Console) -> int:
+    import importlib.util
+    import subprocess
+
+    if importlib.util.find_spec("streamlit") is None:
+        raise ValueError("servesim dashboard needs streamlit: install the dashboard extra "
+                         "(pip install 'servesim[dashboard]')")
+    app = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+    if not app.is_file():
+        raise ValueError(f"the dashboard app is missing ({app}): reinstall servesim")
+    command = [sys.executable, "-m", "streamlit", "run", str(app),
+               "--server.headless", "true", "--server.address", args.host,
+               "--server.port", str(args.port), "--browser.gatherUsageStats", "false"]
+    console.print(f"servesim dashboard on http://{args.host}:{args.port} (Ctrl-C stops it)")
+    try:
+        return subprocess.call(command)
+    except KeyboardInterrupt:
+        return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="servesim", description="Discrete-event simulator of LLM serving systems."
@@ -340,6 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
     pln.add_argument("plan", help="YAML: {base: scenario or path, mode: max_rate | cheapest, ...}")
     pln.add_argument("--executor", default=None, choices=["inprocess", "process", "ray"])
     pln.set_defaults(func=_cmd_plan)
+    dash = sub.add_parser("dashboard", help="open the web dashboard (needs the dashboard extra)")
+    dash.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
+    dash.add_argument("--host", default="127.0.0.1",
+                      help="address to listen on (default 127.0.0.1, this machine only)")
+    dash.set_defaults(func=_cmd_dashboard)
     sub.add_parser("models", help="list the model catalog").set_defaults(func=_cmd_models)
     sub.add_parser("hardware", help="list the accelerator catalog").set_defaults(
         func=_cmd_hardware
