@@ -284,7 +284,8 @@ def _cmd_dashboard(args: argparse.Namespace, console: Console) -> int:
         raise ValueError(f"the dashboard app is missing ({app}): reinstall servesim")
     command = [sys.executable, "-m", "streamlit", "run", str(app),
                "--server.headless", "true", "--server.address", args.host,
-               "--server.port", str(args.port), "--browser.gatherUsageStats", "false"]
+               "--server.port", str(args.port), "--browser.gatherUsageStats", "false",
+               "--server.maxUploadSize", "50"]  # MB: the trace upload limit
     console.print(f"servesim dashboard on http://{args.host}:{args.port} (Ctrl-C stops it)")
     try:
         return subprocess.call(command)
