@@ -199,3 +199,169 @@ def test_page_renders_without_exception(server, browser, path, tmp_path):
     assert state.get("nav") == list(PAGES.values()), (  # app.py's st.navigation ran
         f"{name}: sidebar {state.get('nav')}; screenshot {shot}")
     assert png.startswith(b"\x89PNG")
+
+
+# --- A new user's journey, in one tab (one Streamlit session), by the sidebar links ------
+
+JOURNEY_TIMEOUT_S = 30.0  # per step
+JOURNEY_SHOTS = ("run", "explore", "compare")
+JOURNEY_VIEWPORT_HEIGHT = 1600
+
+
+class Tab:
+    """One browser tab driven by Runtime.evaluate / Input events."""
+
+    def __init__(self, browser: DevTools, url: str) -> None:
+        self.browser = browser
+        self.target = browser.call("Target.createTarget", url=url)["targetId"]
+        self.session = browser.call("Target.attachToTarget", targetId=self.target,
+                                    flatten=True)["sessionId"]
+        # Taller than the page tests' window, so a screenshot shows a page's data too.
+        browser.call("Emulation.setDeviceMetricsOverride", self.session, width=1400,
+                     height=JOURNEY_VIEWPORT_HEIGHT, deviceScaleFactor=1, mobile=False)
+        self.log: list[str] = []
+
+    def eval(self, expression: str) -> Any:
+        reply = self.browser.call("Runtime.evaluate", self.session, expression=expression,
+                                  returnByValue=True)
+        if "exceptionDetails" in reply:
+            raise RuntimeError(f"{expression[:200]}: {reply['exceptionDetails']}")
+        return reply["result"].get("value")
+
+    def state(self) -> dict[str, Any]:
+        value = self.eval(STATE_JS)
+        return json.loads(value) if value else {}
+
+    def wait(self, condition_js: str, what: str, settle: int = 2) -> dict[str, Any]:
+        """Poll until ``condition_js`` holds and no script runs, ``settle`` polls in a row;
+        fail at once on an exception box."""
+        deadline, settled = time.monotonic() + JOURNEY_TIMEOUT_S, 0
+        state: dict[str, Any] = {}
+        while settled < settle:
+            if time.monotonic() > deadline:
+                self.fail(f"timed out waiting for {what}; state {state}")
+            time.sleep(0.25)
+            state = self.state()
+            if state.get("exceptions"):
+                self.fail(f"exception while waiting for {what}: {state['exceptions']}")
+            ok = bool(self.eval(f"!!({condition_js})"))
+            done = ok and not state.get("running") and not state.get("skeleton")
+            settled = settled + 1 if done else 0
+        self.log.append(what)
+        return state
+
+    def click(self, selector: str, text: str) -> None:
+        """Click the first ``selector`` element whose visible text is ``text``."""
+        clicked = self.eval(f"""(() => {{
+            const el = [...document.querySelectorAll({json.dumps(selector)})]
+                .find(e => e.innerText.trim() === {json.dumps(text)});
+            if (!el) return false;
+            el.scrollIntoView({{block: 'center'}});
+            el.click();
+            return true;
+        }})()""")
+        if not clicked:
+            self.fail(f"no {selector} reading {text!r} to click")
+
+    def navigate(self, title: str) -> None:
+        self.click('[data-testid="stSidebarNav"] a', title)
+        self.wait(f"[...document.querySelectorAll('h1')].some(h => h.innerText.trim() === "
+                  f"{json.dumps(title)})", f"the {title} page")
+
+    def type_into(self, selector: str, text: str) -> None:
+        """Replace an input's text as a user would (focus, select all, type, Enter)."""
+        found = self.eval(f"""(() => {{
+            const el = document.querySelector({json.dumps(selector)});
+            if (!el) return false;
+            el.scrollIntoView({{block: 'center'}});
+            el.focus();
+            el.select();
+            return true;
+        }})()""")
+        if not found:
+            self.fail(f"no input {selector}")
+        self.browser.call("Input.insertText", self.session, text=text)
+        for kind in ("keyDown", "keyUp"):
+            self.browser.call("Input.dispatchKeyEvent", self.session, type=kind, key="Enter",
+                              code="Enter", windowsVirtualKeyCode=13, text="\r")
+
+    def screenshot(self, path: Path) -> None:
+        self.eval("document.activeElement && document.activeElement.blur(); "
+                  "window.scrollTo(0, 0); [document.scrollingElement, "
+                  "...document.querySelectorAll('section, div')]"
+                  ".forEach(e => { if (e && e.scrollTop) e.scrollTop = 0; }); true")
+        time.sleep(0.5)
+        png = base64.b64decode(self.browser.call("Page.captureScreenshot", self.session,
+                                                 format="png")["data"])
+        assert png.startswith(b"\x89PNG")
+        path.write_bytes(png)
+
+    def fail(self, message: str) -> None:
+        pytest.fail(f"{message} (after: {', '.join(self.log) or 'nothing'})")
+
+    def close(self) -> None:
+        self.browser.call("Target.closeTarget", targetId=self.target)
+
+
+def _body_has(text: str) -> str:
+    return f"document.body.innerText.includes({json.dumps(text)})"
+
+
+METRICS_SHOWN = ("[...document.querySelectorAll('[data-testid=\"stMetricLabel\"]')]"
+                 ".some(e => e.innerText.includes('TTFT p50'))")
+PLOTS_DRAWN = ("[...document.querySelectorAll('[data-testid=\"stPlotlyChart\"]')]"
+               ".filter(c => c.querySelector('.main-svg')).length")
+
+
+def _run_and_save(tab: Tab, name: str) -> None:
+    tab.navigate("Run")
+    tab.click("button", "Run")
+    tab.wait(f"{METRICS_SHOWN} && !{_body_has('No run yet')} && "
+             f"!{_body_has('results are of an earlier scenario')} && "
+             f"{_body_has('chrome://tracing')}",  # the page's last line: the script is done
+             f"run {name}")
+    tab.type_into('input[aria-label="Run name"]', name)
+    tab.wait(f"document.querySelector('input[aria-label=\"Run name\"]').value === "
+             f"{json.dumps(name)}", f"name {name} typed")
+    tab.click("button", "Save run")
+    tab.wait(_body_has(f"run '{name}'"), f"run {name} saved")
+
+
+def test_journey_run_change_run_explore_compare(server, browser, tmp_path):
+    """Run the default scenario, change the engine, run again, explore, compare."""
+    tab = Tab(browser, server)
+    try:
+        tab.wait("document.querySelectorAll('[data-testid=\"stSidebarNav\"] a').length >= 6",
+                 "the app")
+        _run_and_save(tab, "baseline")
+
+        tab.navigate("Scenario")
+        tab.click('[role="tab"]', "Engine")
+        seqs = 'input[aria-label="max_num_seqs"]'
+        tab.wait(f"document.querySelector({json.dumps(seqs)})", "the engine tab")
+        tab.type_into(seqs, "4")
+        tab.wait(f"document.querySelector({json.dumps(seqs)}).value === '4' && "
+                 f"!{_body_has('invalid value')}", "max_num_seqs = 4")
+
+        _run_and_save(tab, "variant")
+        tab.screenshot(tmp_path / "run.png")
+
+        tab.navigate("Explore")
+        tab.wait(f"{PLOTS_DRAWN} >= 8", "the Explore charts")  # gantt, timeline, 3 x 2
+        tab.screenshot(tmp_path / "explore.png")
+
+        tab.navigate("Compare")
+        state = tab.wait(f"document.querySelector('[data-testid=\"stDataFrame\"]') && "
+                         f"{PLOTS_DRAWN} >= 3 && {_body_has('Summary against baseline')}",
+                         "the comparison")
+        tab.screenshot(tmp_path / "compare.png")
+        body = tab.eval("document.body.innerText")
+        assert "baseline" in body and "variant" in body, body[:2000]
+        assert not state.get("exceptions")
+    finally:
+        tab.close()
+    if os.environ.get("SERVESIM_SCREENSHOTS"):
+        docs = ROOT / "docs" / "screenshots"
+        docs.mkdir(parents=True, exist_ok=True)
+        for name in JOURNEY_SHOTS:
+            shutil.copyfile(tmp_path / f"{name}.png", docs / f"{name}.png")
