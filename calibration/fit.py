@@ -169,13 +169,12 @@ def fit_prefill_attention(points: list[MeasuredPoint], accelerator: AcceleratorS
     sequence; with ``per_sequence_calls`` (an engine calling attention once per
     sequence) the floor is ``per_sequence_s``, else the per-layer ``floor_s``."""
 
+    floor_field = "per_sequence_s" if per_sequence_calls else "floor_s"
+
     def efficiency(x: np.ndarray) -> PrefillAttentionEfficiency:
         cf, half, mf, floor = x
-        if per_sequence_calls:
-            return PrefillAttentionEfficiency(max_compute_frac=cf, half_tokens=half,
-                                              memory_frac=mf, floor_s=0.0, per_sequence_s=floor)
         return PrefillAttentionEfficiency(max_compute_frac=cf, half_tokens=half,
-                                          memory_frac=mf, floor_s=floor)
+                                          memory_frac=mf, **{"floor_s": 0.0, floor_field: floor})
 
     def predict(x: np.ndarray, pts: list[MeasuredPoint]) -> np.ndarray:
         eff = DEFAULT_EFFICIENCY.model_copy(update={"prefill_attention": efficiency(x)})
@@ -194,8 +193,7 @@ def fit_prefill_attention(points: list[MeasuredPoint], accelerator: AcceleratorS
     floor0 = min(p.seconds for p in points) / 2
     x = _fit(predict, [0.5, 256.0, 0.5, floor0], [1e-3, 0.0, 1e-3, 0.0],
              [1.0, 1e5, 1.0, 1e-2], fitted)
-    names = ("max_compute_frac", "half_tokens", "memory_frac",
-             "per_sequence_s" if per_sequence_calls else "floor_s")
+    names = ("max_compute_frac", "half_tokens", "memory_frac", floor_field)
     quality = _quality("prefill_attention", dtype, names, x, predict, fitted, held)
     return efficiency(x), quality
 
@@ -205,12 +203,12 @@ def fit_decode_attention(points: list[MeasuredPoint], accelerator: AcceleratorSp
                          ) -> tuple[DecodeAttentionEfficiency, FitQuality]:
     """memory_frac, compute_frac and the floor (per sequence, or per call)."""
 
+    floor_field = "per_sequence_s" if per_sequence_calls else "floor_s"
+
     def efficiency(x: np.ndarray) -> DecodeAttentionEfficiency:
         mf, cf, floor = x
-        if per_sequence_calls:
-            return DecodeAttentionEfficiency(memory_frac=mf, compute_frac=cf, floor_s=0.0,
-                                             per_sequence_s=floor)
-        return DecodeAttentionEfficiency(memory_frac=mf, compute_frac=cf, floor_s=floor)
+        return DecodeAttentionEfficiency(memory_frac=mf, compute_frac=cf,
+                                         **{"floor_s": 0.0, floor_field: floor})
 
     def predict(x: np.ndarray, pts: list[MeasuredPoint]) -> np.ndarray:
         eff = DEFAULT_EFFICIENCY.model_copy(update={"decode_attention": efficiency(x)})
@@ -227,7 +225,7 @@ def fit_decode_attention(points: list[MeasuredPoint], accelerator: AcceleratorSp
                          * p.shape["kv_heads"])
     floor0 = min(p.seconds / p.shape["seqs"] for p in points) / 2
     x = _fit(predict, [0.5, 0.5, floor0], [1e-3, 1e-3, 0.0], [1.0, 1.0, 1e-2], fitted)
-    names = ("memory_frac", "compute_frac", "per_sequence_s" if per_sequence_calls else "floor_s")
+    names = ("memory_frac", "compute_frac", floor_field)
     quality = _quality("decode_attention", dtype, names, x, predict, fitted, held)
     return efficiency(x), quality
 
@@ -278,17 +276,14 @@ def fit_elementwise_mix(points: list[MeasuredPoint], accelerator: AcceleratorSpe
         raise ValueError(f"no elementwise points named {sorted(mix)}")
     calls = sum(mix[n] for n in per_op)
     floor_s = sum(mix[n] * e.floor_s for n, (e, _) in per_op.items()) / calls
-    weight = {n: mix[n] * (_sample(points, n).shape["tensors_read"]
-                           + _sample(points, n).shape["tensors_written"]) for n in per_op}
+    tensors = {n: next(p.shape for p in points if p.name == n) for n in per_op}
+    weight = {n: mix[n] * (tensors[n]["tensors_read"] + tensors[n]["tensors_written"])
+              for n in per_op}
     memory_frac = sum(weight[n] * e.memory_frac for n, (e, _) in per_op.items()) / sum(
         weight.values())
     quality = [q.model_copy(update={"dtype": f"{q.dtype} {n}"}) for n, (_, q) in per_op.items()]
     return ElementwiseEfficiency(memory_frac=memory_frac, floor_s=floor_s,
                                  kernels_per_layer=calls), quality
-
-
-def _sample(points: list[MeasuredPoint], name: str) -> MeasuredPoint:
-    return next(p for p in points if p.name == name)
 
 
 # ---------------------------------------------------------------- the device and the whole fit

@@ -79,7 +79,8 @@ def roofline_notes(profile: CalibrationProfile) -> list[str]:
     notes.append(
         f"elementwise: {eff.elementwise.floor_s * 1e6:.1f} us per op, "
         f"{eff.elementwise.memory_frac:.0%} of bandwidth; "
-        f"{eff.elementwise.kernels_per_layer} ops per layer in the reference engine")
+        f"{eff.elementwise.kernels_per_layer} elementwise calls per layer in the reference "
+        "engine")
     return notes
 
 
