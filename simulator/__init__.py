@@ -21,7 +21,7 @@ _EXPORTS = {
     "CostModel": "simulator.cost",
     "IterationCost": "simulator.cost",
     "Deployment": "simulator.deployment",
-    "MemoryPlan": "simulator.deployment",
+    "MemoryPlan": "simulator.memory",
     "ScenarioError": "simulator.deployment",
     "resolve": "simulator.deployment",
     "simulate": "simulator.engine",
@@ -71,8 +71,9 @@ __all__ = [
 if TYPE_CHECKING:
     from simulator.conformance import check_policy
     from simulator.cost import BatchShape, CostModel, IterationCost
-    from simulator.deployment import Deployment, MemoryPlan, ScenarioError, resolve
+    from simulator.deployment import Deployment, ScenarioError, resolve
     from simulator.engine import simulate
+    from simulator.memory import MemoryPlan
     from simulator.model import ModelSpec
     from simulator.model_catalog import get_model, list_models, model_from_hf_config
     from simulator.planner import SearchSpace, Target, cheapest_deployment, max_sustainable_rate
