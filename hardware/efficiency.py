@@ -98,13 +98,23 @@ class ElementwiseEfficiency(_Frozen):
 
 
 class CollectiveEfficiency(_Frozen):
-    """All-reduce / all-gather between the devices of one tensor-parallel group."""
+    """Collectives and point-to-point copies between devices (``hardware.topology``): the
+    intra-node link's share, and the network's for steps that leave a node."""
 
     latency_s: float = Field(ge=0, description="Fixed cost of a small collective, seconds.")
     per_device_latency_s: float = Field(
         ge=0, description="Extra fixed cost per participating device, seconds."
     )
-    bus_frac: float = Field(gt=0, le=1, description="Fraction of link bandwidth achieved.")
+    bus_frac: float = Field(
+        gt=0, le=1, description="Fraction of the intra-node link bandwidth achieved."
+    )
+    network_bus_frac: float = Field(
+        # NCCL's maintainers expect 46-48 GB/s per 400 Gb/s NDR NIC (50 GB/s) in nccl-tests
+        # across nodes (https://github.com/NVIDIA/nccl-tests/issues/290): 46 / 50.
+        default=0.92, gt=0, le=1,
+        description="Fraction of the inter-node network bandwidth per device (NIC) achieved "
+        "by the inter-node steps of collectives and point-to-point sends.",
+    )
 
 
 class HostLinkEfficiency(_Frozen):
