@@ -11,7 +11,7 @@ from hardware.catalog import get_accelerator
 from hardware.efficiency import DEFAULT_EFFICIENCY
 from hardware.roofline import all_reduce_s
 from simulator.cost import BatchShape, CostModel
-from simulator.model_catalog import get_model
+from simulator.model_catalog import get_model, list_models
 
 H100 = get_accelerator("h100-sxm")
 
@@ -215,3 +215,24 @@ def test_small_m_factors_scale_gemms_by_rows_interpolating_between_measured_ones
     for m, factor in ((1, 1.1), (2, 1.2), (3, 1.3), (4, 1.0), (5, 1.0)):
         base = float(plain._gemm(m, 4096, 4096, 2.0).seconds)
         assert float(corrected._gemm(m, 4096, 4096, 2.0).seconds) == pytest.approx(base * factor)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_fast_paths_equal_breakdown_for_every_catalog_model_and_stage(name):
+    # MLA, MoE layer patterns, recurrent and hybrid models (issue 8) take the same fast
+    # paths: iteration() and decode_run() must price what price() does, whole model or a
+    # pipeline stage (tests/simulator/test_model_families.py draws more shapes).
+    layers = get_model(name).num_layers
+    tp = 8 if name in ("deepseek-v3", "llama-3.1-405b", "qwen3-235b-a22b") else 2
+    for layer_range in (None, (0, layers // 2), (layers // 2, layers)):
+        c = cost_for(name, tp=tp, iteration_overhead_s=1e-4, layer_range=layer_range)
+        q, ctx = [900, 33], [0, 4000]
+        fast = c.iteration(q, ctx, 40, 40 * 2500.0)
+        full = c.price(BatchShape(q, ctx, 40, 40 * 2500.0))
+        assert fast == pytest.approx(
+            (float(full.seconds), float(full.flops), float(full.hbm_bytes)), rel=1e-12)
+        seconds, _, hbm = c.decode_run(40, np.array([40 * 2500.0, 40 * 9000.0]))
+        for i, total in enumerate((40 * 2500.0, 40 * 9000.0)):
+            single = c.price(BatchShape(num_decode_seqs=40, decode_context_tokens=total))
+            assert seconds[i] == pytest.approx(float(single.seconds), rel=1e-12)
+            assert hbm[i] == pytest.approx(float(single.hbm_bytes), rel=1e-12)
