@@ -37,6 +37,12 @@ class ReplicaLoad(Protocol):
         """Prompt tokens of every request queued or running here."""
         ...
 
+    @property
+    def speed(self) -> float:
+        """Serving speed relative to the cluster's fastest replica (1.0 for it, and for
+        every replica of a homogeneous cluster): load-aware routers divide by it."""
+        ...
+
 
 class RoutingPolicy(Protocol):
     def route(self, request: Request, replicas: Sequence[ReplicaLoad]) -> int:
@@ -98,8 +104,9 @@ class RandomRouting:
 
 
 class _LeastLoaded:
-    """The replica with the smallest load; ties go to the first after the last pick, so
-    an idle cluster is filled in turn rather than always from replica 0."""
+    """The replica with the smallest load once the request joins it, over its speed (so
+    a replica twice as fast takes twice the load); ties go to the first after the last
+    pick, so an idle cluster is filled in turn rather than always from replica 0."""
 
     def __init__(self) -> None:
         self.last_ = -1
@@ -110,13 +117,14 @@ class _LeastLoaded:
     ) -> _LeastLoaded:
         return cls()
 
-    def load(self, replica: ReplicaLoad) -> int:
+    def load(self, replica: ReplicaLoad, request: Request) -> int:
+        """The replica's load with ``request`` added to it."""
         raise NotImplementedError
 
     def route(self, request: Request, replicas: Sequence[ReplicaLoad]) -> int:
         n = len(replicas)
         order = [(self.last_ + 1 + i) % n for i in range(n)]
-        best = min(order, key=lambda i: self.load(replicas[i]))
+        best = min(order, key=lambda i: self.load(replicas[i], request) / replicas[i].speed)
         self.last_ = best
         return best
 
@@ -125,8 +133,8 @@ class _LeastLoaded:
 class LeastOutstandingRequests(_LeastLoaded):
     """Fewest requests queued or running (Envoy's and most proxies' least-request)."""
 
-    def load(self, replica: ReplicaLoad) -> int:
-        return replica.num_running + replica.num_waiting
+    def load(self, replica: ReplicaLoad, request: Request) -> int:
+        return replica.num_running + replica.num_waiting + 1
 
 
 @ROUTING.register("least_tokens")
@@ -134,8 +142,8 @@ class LeastOutstandingTokens(_LeastLoaded):
     """Fewest prompt tokens queued or running: weighs a long prompt more than a short
     one (true output lengths are hidden from policies)."""
 
-    def load(self, replica: ReplicaLoad) -> int:
-        return replica.num_outstanding_prompt_tokens
+    def load(self, replica: ReplicaLoad, request: Request) -> int:
+        return replica.num_outstanding_prompt_tokens + request.prompt_tokens
 
 
 class PowerOfChoicesParams(PolicyParams):
@@ -147,7 +155,7 @@ class PowerOfChoicesParams(PolicyParams):
 @ROUTING.register("power_of_two", params=PowerOfChoicesParams)
 class PowerOfTwoChoices:
     """Sample ``num_choices`` distinct replicas, send to the one with the fewest requests
-    queued or running (Mitzenmacher, "The Power of Two Choices in Randomized Load
+    queued or running, over its speed (Mitzenmacher, "The Power of Two Choices in Randomized Load
     Balancing", IEEE TPDS 2001): nearly least-loaded balance at a fraction of the
     probing."""
 
@@ -165,7 +173,8 @@ class PowerOfTwoChoices:
     def route(self, request: Request, replicas: Sequence[ReplicaLoad]) -> int:
         k = min(self.num_choices, len(replicas))
         sampled = self.rng.choice(len(replicas), size=k, replace=False)
-        loads = [replicas[i].num_running + replicas[i].num_waiting for i in sampled]
+        loads = [(replicas[i].num_running + replicas[i].num_waiting + 1) / replicas[i].speed
+                 for i in sampled]
         return int(sampled[int(np.argmin(loads))])
 
 

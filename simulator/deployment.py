@@ -7,23 +7,74 @@ devices is rejected here, with the numbers that show why.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
+
+import numpy as np
 
 from hardware.catalog import get_accelerator
 from hardware.efficiency import DEFAULT_EFFICIENCY, EfficiencyProfile
 from hardware.profile import CalibrationProfile, load_profile
 from hardware.spec import AcceleratorSpec
+from hardware.topology import Topology
 from simulator.cost import CostModel
 from simulator.errors import ScenarioError
 from simulator.memory import MemoryPlan, plan_memory
 from simulator.model import ModelSpec
 from simulator.model_catalog import get_model, model_from_hf_config
-from simulator.scenario import HFConfigModel, Scenario
+from simulator.scenario import (
+    AutoscaleConfig,
+    GroupLayout,
+    HFConfigModel,
+    LayoutConfig,
+    Role,
+    Scenario,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaGroup:
+    """Identical replicas of one role, accelerator and layout, resolved.
+
+    Replicas are numbered across the whole cluster: this group's are ``first_replica``
+    to ``first_replica + max_replicas - 1`` (autoscaling may start fewer)."""
+
+    name: str
+    role: Role
+    accelerator: AcceleratorSpec
+    layout: LayoutConfig
+    cost: CostModel
+    """The whole model on one replica (every layer; for reports and the planner)."""
+    stages: tuple[CostModel, ...]
+    """One cost model per pipeline stage (its layers; the first embeds, the last samples);
+    ``(cost,)`` without pipeline parallelism."""
+    stage_layers: tuple[int, ...]
+    memory: MemoryPlan
+    """One device of the stage whose KV cache holds the fewest tokens."""
+    num_kv_blocks: int
+    """KV blocks of one replica: the constraining stage's, times attention DP ranks."""
+    num_replicas: int
+    """Replicas at the start of the run."""
+    max_replicas: int
+    first_replica: int
+    autoscale: AutoscaleConfig | None
+    topology: Topology
+
+    @property
+    def devices_per_replica(self) -> int:
+        return self.layout.devices_per_replica
+
+    @property
+    def replica_indices(self) -> range:
+        return range(self.first_replica, self.first_replica + self.max_replicas)
 
 
 @dataclass(frozen=True, slots=True)
 class Deployment:
-    """A scenario resolved: what every replica of it is."""
+    """A scenario resolved: what every replica of it is.
+
+    ``accelerator``, ``cost`` and ``memory`` are the first group's (the only one unless
+    ``deployment.groups`` is set)."""
 
     scenario: Scenario
     model: ModelSpec
@@ -31,6 +82,23 @@ class Deployment:
     cost: CostModel
     memory: MemoryPlan
     max_model_len: int
+    groups: tuple[ReplicaGroup, ...] = ()
+
+    @property
+    def num_replicas(self) -> int:
+        """Replica slots, all groups (autoscaled groups count their maximum)."""
+        return sum(g.max_replicas for g in self.groups)
+
+    @property
+    def min_kv_blocks(self) -> int:
+        """The smallest replica's KV cache, in blocks: a request needing more is rejected."""
+        return min(g.num_kv_blocks for g in self.groups)
+
+    def group_of(self, replica: int) -> ReplicaGroup:
+        for group in self.groups:
+            if replica in group.replica_indices:
+                return group
+        raise IndexError(f"no replica {replica}")
 
 
 def resolve_model(scenario: Scenario) -> ModelSpec:
@@ -55,21 +123,28 @@ def _profile(scenario: Scenario) -> CalibrationProfile | None:
         raise ScenarioError(f"hardware.profile: {exc}") from None
 
 
-def resolve_accelerator(scenario: Scenario) -> AcceleratorSpec:
+def resolve_accelerator(scenario: Scenario,
+                        group: str | AcceleratorSpec | None = None,
+                        price_per_hour_usd: float | None = None,
+                        field: str = "hardware.accelerator") -> AcceleratorSpec:
+    """The accelerator of the scenario's hardware section, or of a replica group
+    (``group``: its own accelerator, None to inherit), with the section's overrides."""
     hw = scenario.hardware
     profile = _profile(scenario)
-    if profile is not None and "accelerator" not in hw.model_fields_set:
+    ref = hw.accelerator if group is None else group
+    if group is None and profile is not None and "accelerator" not in hw.model_fields_set:
         spec = profile.accelerator
-    elif isinstance(hw.accelerator, AcceleratorSpec):
-        spec = hw.accelerator
+    elif isinstance(ref, AcceleratorSpec):
+        spec = ref
     else:
         try:
-            spec = get_accelerator(hw.accelerator)
+            spec = get_accelerator(ref)
         except KeyError as exc:
-            raise ScenarioError(f"hardware.accelerator: {exc.args[0]}") from None
-    if hw.price_per_hour_usd is not None:
-        spec = spec.model_copy(update={"price_per_hour_usd": hw.price_per_hour_usd})
-    return spec
+            raise ScenarioError(f"{field}: {exc.args[0]}") from None
+    overrides = hw.accelerator_overrides()
+    if price_per_hour_usd is not None:
+        overrides["price_per_hour_usd"] = price_per_hour_usd
+    return spec.model_copy(update=overrides) if overrides else spec
 
 
 def resolve_efficiency(scenario: Scenario) -> EfficiencyProfile:
@@ -81,25 +156,129 @@ def resolve_efficiency(scenario: Scenario) -> EfficiencyProfile:
     return DEFAULT_EFFICIENCY if profile is None else profile.efficiency
 
 
+def stage_layer_counts(num_layers: int, layout: LayoutConfig) -> tuple[int, ...]:
+    """Layers per pipeline stage: the layout's own split, else an even one with the extra
+    layers on the stages before the last (vLLM's ``get_pp_indices``)."""
+    if layout.pipeline_layers is not None:
+        return tuple(layout.pipeline_layers)
+    p = layout.pipeline_parallel
+    counts = [num_layers // p] * p
+    for i in range(2, num_layers % p + 2):
+        counts[-i] += 1
+    return tuple(counts)
+
+
+def _check_layout(model: ModelSpec, layout: LayoutConfig, where: str,
+                  eng_fields: set[str], eng_prefix_cache: str) -> tuple[int, ...]:
+    """Refuse layouts the model cannot take; return the layers per stage."""
+    tp, pp, dp = layout.tensor_parallel, layout.pipeline_parallel, layout.attention_data_parallel
+    if model.num_heads % tp:
+        raise ScenarioError(
+            f"{where}.tensor_parallel={tp} must divide {model.name}'s num_heads={model.num_heads}"
+        )
+    if model.num_kv_heads % tp and tp % model.num_kv_heads:
+        raise ScenarioError(
+            f"{where}.tensor_parallel={tp} and {model.name}'s num_kv_heads="
+            f"{model.num_kv_heads}: one must divide the other"
+        )
+    if pp > model.num_layers:
+        raise ScenarioError(
+            f"{where}.pipeline_parallel={pp} exceeds {model.name}'s {model.num_layers} layers"
+        )
+    if layout.pipeline_layers is not None and sum(layout.pipeline_layers) != model.num_layers:
+        raise ScenarioError(
+            f"{where}.pipeline_layers={list(layout.pipeline_layers)} sums to "
+            f"{sum(layout.pipeline_layers)}, but {model.name} has {model.num_layers} layers"
+        )
+    if (dp > 1 or layout.expert_parallel) and not model.is_moe:
+        field = "attention_data_parallel" if dp > 1 else "expert_parallel"
+        raise ScenarioError(
+            f"{where}.{field}={getattr(layout, field)} needs a mixture-of-experts model; "
+            f"{model.name} is dense (use deployment.replicas for data parallelism)"
+        )
+    if (model.layer_counts().num_recurrent and "prefix_cache" in eng_fields
+            and eng_prefix_cache != "none"):
+        raise ScenarioError(
+            f"engine.prefix_cache={eng_prefix_cache!r}: {model.name} has recurrent layers, whose "
+            f"state cannot be restored from a cached prefix; set engine.prefix_cache: none"
+        )
+    if layout.expert_parallel and model.num_experts % (tp * dp):
+        raise ScenarioError(
+            f"{where}.expert_parallel shards {model.name}'s {model.num_experts} experts over "
+            f"tensor_parallel x attention_data_parallel = {tp * dp} devices, which must "
+            f"divide them"
+        )
+    return stage_layer_counts(model.num_layers, layout)
+
+
+def _resolve_group(scenario: Scenario, model: ModelSpec, group: GroupLayout, index: int,
+                   first_replica: int, efficiency: EfficiencyProfile) -> ReplicaGroup:
+    where = "deployment" if not scenario.deployment.groups else f"deployment.groups[{index}]"
+    layout = group.layout
+    accelerator = resolve_accelerator(
+        scenario, group.accelerator, group.price_per_hour_usd,
+        "hardware.accelerator" if group.accelerator is None else f"{where}.accelerator")
+    layers = _check_layout(model, layout, where, scenario.engine.model_fields_set,
+                           scenario.engine.prefix_cache)
+    eng = scenario.engine
+    topology = Topology.from_accelerator(accelerator, efficiency.collective)
+
+    def cost_model(layer_range: tuple[int, int] | None, overhead_s: float) -> CostModel:
+        return CostModel(
+            model=model,
+            accelerator=accelerator,
+            efficiency=efficiency,
+            tensor_parallel=layout.tensor_parallel,
+            weight_dtype=layout.weight_dtype,
+            activation_dtype=layout.activation_dtype,
+            kv_cache_dtype=layout.resolved_kv_cache_dtype,
+            state_dtype=layout.state_dtype,
+            iteration_overhead_s=overhead_s,
+            topology=topology,
+            attention_data_parallel=layout.attention_data_parallel,
+            expert_parallel=layout.expert_parallel,
+            expert_load=layout.expert_load,
+            layer_range=layer_range,
+        )
+
+    cost = cost_model(None, eng.iteration_overhead_s)
+    if len(layers) == 1:
+        stages: tuple[CostModel, ...] = (cost,)
+    else:
+        bounds = np.concatenate([[0], np.cumsum(layers)]).tolist()
+        # The engine overhead is the driver's, paid once per micro-batch (the pipeline
+        # adds it), not on any stage.
+        stages = tuple(cost_model((a, b), 0.0) for a, b in itertools.pairwise(bounds))
+    plans = []
+    for i, stage in enumerate(stages):
+        try:
+            plans.append(plan_memory(model, accelerator, stage, scenario))
+        except ScenarioError as exc:
+            label = f"{where}: " if scenario.deployment.groups else ""
+            if len(stages) > 1:
+                a = sum(layers[:i])
+                label += f"pipeline stage {i} (layers {a}-{a + layers[i] - 1}): "
+            raise ScenarioError(f"{label}{exc}") from None
+    memory = min(plans, key=lambda plan: plan.num_kv_blocks)
+    autoscale = group.autoscale
+    return ReplicaGroup(
+        name=group.name, role=group.role, accelerator=accelerator, layout=layout, cost=cost,
+        stages=stages, stage_layers=layers, memory=memory,
+        num_kv_blocks=memory.num_kv_blocks * layout.attention_data_parallel,
+        num_replicas=group.replicas,
+        max_replicas=group.replicas if autoscale is None else max(autoscale.max_replicas,
+                                                                  group.replicas),
+        first_replica=first_replica, autoscale=autoscale, topology=topology,
+    )
+
+
 def resolve(scenario: Scenario) -> Deployment:
     """Check that ``scenario`` can run and derive everything the engine needs.
 
     Raises ``ScenarioError`` naming the field, the value and (for memory) the numbers.
     """
     model = resolve_model(scenario)
-    accelerator = resolve_accelerator(scenario)
-    dep, eng = scenario.deployment, scenario.engine
-    tp = dep.tensor_parallel
-    if model.num_heads % tp:
-        raise ScenarioError(
-            f"deployment.tensor_parallel={tp} must divide {model.name}'s num_heads="
-            f"{model.num_heads}"
-        )
-    if model.num_kv_heads % tp and tp % model.num_kv_heads:
-        raise ScenarioError(
-            f"deployment.tensor_parallel={tp} and {model.name}'s num_kv_heads="
-            f"{model.num_kv_heads}: one must divide the other"
-        )
+    eng = scenario.engine
     max_model_len = eng.max_model_len or model.max_context_tokens
     if max_model_len > model.max_context_tokens:
         raise ScenarioError(
@@ -112,15 +291,13 @@ def resolve(scenario: Scenario) -> Deployment:
             f"{max_model_len} with chunked_prefill off, so long prompts could never be scheduled;"
             f" raise max_num_batched_tokens, lower engine.max_model_len, or enable chunked_prefill"
         )
-    cost = CostModel(
-        model=model,
-        accelerator=accelerator,
-        efficiency=resolve_efficiency(scenario),
-        tensor_parallel=tp,
-        weight_dtype=dep.weight_dtype,
-        activation_dtype=dep.activation_dtype,
-        kv_cache_dtype=dep.resolved_kv_cache_dtype,
-        iteration_overhead_s=eng.iteration_overhead_s,
-    )
-    memory = plan_memory(model, accelerator, cost, scenario)
-    return Deployment(scenario, model, accelerator, cost, memory, max_model_len)
+    efficiency = resolve_efficiency(scenario)
+    groups: list[ReplicaGroup] = []
+    first = 0
+    for i, layout in enumerate(scenario.deployment.layouts()):
+        group = _resolve_group(scenario, model, layout, i, first, efficiency)
+        groups.append(group)
+        first += group.max_replicas
+    head = groups[0]
+    return Deployment(scenario, model, head.accelerator, head.cost, head.memory, max_model_len,
+                      tuple(groups))

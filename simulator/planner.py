@@ -381,20 +381,37 @@ def throughput_ceiling(scenario: Scenario, *, replications: int = 1) -> Ceiling:
     ``ceiling_margin_frac``). Raises ScenarioError when the deployment does not fit.
     """
     deployment = resolve(scenario)
-    cost, eng = deployment.cost, scenario.engine
+    eng = scenario.engine
     prompt, output, min_prompt, shared = _mean_lengths(scenario, replications)
-    budget = eng.max_num_batched_tokens
-    grid = sorted({*(2 ** k for k in range(budget.bit_length())), budget})
-    dense = [_dense_s(cost, n) for n in grid]
-    per_token_s = min(d / n for d, n in zip(dense, grid, strict=True))
-    per_iteration_s = min(dense)
-    kv_seqs = deployment.memory.kv_capacity_tokens // (min_prompt + 1)
-    seqs = max(1, min(eng.max_num_seqs, kv_seqs)) if not shared else eng.max_num_seqs
-    token_bound = ((0.0 if shared else prompt) + output) * per_token_s
-    iteration_bound = max(output - 1.0, 0.0) / seqs * per_iteration_s
-    work_s = max(token_bound, iteration_bound)
-    rate = math.inf if work_s <= 0 else scenario.deployment.replicas / work_s
-    return Ceiling(rate, token_bound, iteration_bound)
+    rates: dict[str, float] = {"mixed": 0.0, "prefill": 0.0, "decode": 0.0}
+    first: tuple[float, float] | None = None
+    for group in deployment.groups:
+        dp = group.layout.attention_data_parallel
+        budget = eng.max_num_batched_tokens * dp
+        grid = sorted({*(2 ** k for k in range(budget.bit_length())), budget})
+        # Every stage of a pipeline computes every token, one micro-batch at a time:
+        # the slowest stage bounds the replica.
+        token_bound = iteration_bound = 0.0
+        for stage in group.stages:
+            dense = [_dense_s(stage, n) for n in grid]
+            per_token_s = min(d / n for d, n in zip(dense, grid, strict=True))
+            per_iteration_s = min(dense)
+            kv_seqs = group.num_kv_blocks * eng.block_size_tokens // (min_prompt + 1)
+            seqs = max(1, min(eng.max_num_seqs * dp, kv_seqs)) if not shared else (
+                eng.max_num_seqs * dp)
+            # A prefill replica computes prompts; a decode replica the outputs' tokens.
+            computed = {"mixed": (0.0 if shared else prompt) + output,
+                        "prefill": 0.0 if shared else prompt, "decode": output}[group.role]
+            steps = 0.0 if group.role == "prefill" else max(output - 1.0, 0.0)
+            token_bound = max(token_bound, computed * per_token_s)
+            iteration_bound = max(iteration_bound, steps / seqs * per_iteration_s)
+        work_s = max(token_bound, iteration_bound)
+        rates[group.role] += math.inf if work_s <= 0 else group.max_replicas / work_s
+        if first is None:
+            first = (token_bound, iteration_bound)
+    assert first is not None
+    rate = rates["mixed"] if rates["mixed"] else min(rates["prefill"], rates["decode"])
+    return Ceiling(rate, *first)
 
 
 @dataclass(frozen=True)
@@ -450,10 +467,14 @@ class PlanResult:
         return "\n".join(lines)
 
 
-def _price_per_hour(scenario: Scenario) -> float:
-    """Hourly price of one device: ``hardware.price_per_hour_usd`` if set, else the
-    accelerator's catalog price."""
-    return resolve_accelerator(scenario).price_per_hour_usd
+def cost_per_hour(scenario: Scenario) -> float:
+    """Hourly price of the deployment's devices at the start of the run, every group at
+    its own accelerator's price (``price_per_hour_usd`` overrides, else the catalog's)."""
+    return sum(
+        group.replicas * group.layout.devices_per_replica * resolve_accelerator(
+            scenario, group.accelerator, group.price_per_hour_usd).price_per_hour_usd
+        for group in scenario.deployment.layouts()
+    )
 
 
 def pareto_front(table: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
@@ -497,9 +518,8 @@ def cheapest_deployment(
         rows.append(row)
         try:
             scenario = _with_values(loaded, point)
-            devices = scenario.deployment.num_devices
-            row["num_devices"] = devices
-            row["cost_per_hour_usd"] = devices * _price_per_hour(scenario)
+            row["num_devices"] = scenario.deployment.num_devices
+            row["cost_per_hour_usd"] = cost_per_hour(scenario)
             ceiling = throughput_ceiling(scenario, replications=replications)
         except (ScenarioError, ValueError) as exc:
             row["status"], row["reason"] = "pruned_memory", str(exc).splitlines()[0]

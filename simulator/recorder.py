@@ -83,6 +83,11 @@ ITERATION_COLUMNS: dict[str, type] = {
     # blocks once): kv_blocks_used x block size minus this is allocated but unused.
     "kv_tokens": np.int64,
     "kv_blocks_cached": np.int32,  # prefix-cache blocks nobody references (evictable)
+    # Pipeline parallelism (0 without): seconds this micro-batch waited for stages held by
+    # other micro-batches, and spent sending activations between stages. The stages were
+    # busy for duration_s minus both (minus the driver's overhead).
+    "pipeline_wait_s": np.float64,
+    "pipeline_transfer_s": np.float64,
 }
 
 REQUEST_STATUSES = ["finished", "rejected", "in_flight"]
@@ -112,11 +117,23 @@ class Recorder:
                 "ttft_slo_s": np.float64,
                 "prefix_id": np.int64,
                 "prefix_hit_tokens": np.int64,
+                "kv_transfer_s": np.float64,
                 "status": np.int8,
             }
         )
         self._reject_reasons: dict[int, str] = {}
         self.itl_extra_s: list[float] = []  # gaps the iteration rows cannot carry
+        self._scaling: list[tuple[float, int, str]] = []
+
+    def scaling_event(self, time_s: float, replica: int, event: str) -> None:
+        """An autoscaler's step for ``replica``: 'start' (provisioning begins, paid from
+        now), 'ready' (serving), 'drain' (no new requests), 'stop' (released)."""
+        self._scaling.append((time_s, replica, event))
+
+    def scaling_frame(self) -> pd.DataFrame:
+        """The autoscalers' events in time order (empty without autoscaling)."""
+        frame = pd.DataFrame(self._scaling, columns=["time_s", "replica", "event"])
+        return frame.astype({"time_s": np.float64, "replica": np.int64, "event": object})
 
     def request_done(
         self, request: Request, output_tokens: int, status: str, finish_s: float = math.nan
@@ -137,6 +154,7 @@ class Recorder:
             request.ttft_slo_s,
             request.prefix_id,
             request.prefix_hit_tokens,
+            request.kv_transfer_s,
             REQUEST_STATUSES.index(status),
         )
 

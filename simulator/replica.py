@@ -31,6 +31,7 @@ import simpy
 
 from simulator.clock import on_grid, on_grid_array
 from simulator.cost import CostModel
+from simulator.pipeline import Pipeline
 from simulator.plan import BatchingPolicy, IterationPlan, QueueOrder
 from simulator.predictor import Predictor
 from simulator.prefix_cache import PrefixCache
@@ -74,9 +75,13 @@ class Replica:
         stop_s: float | None,
         recorder: Recorder,
         on_done: Callable[[Request], None],
+        pipeline: Pipeline | None = None,
+        on_prefilled: Callable[[Replica, Request, int], None] | None = None,
+        speed: float = 1.0,
     ) -> None:
         self.env = env
         self.index = index
+        self.speed = speed  # relative to the cluster's fastest replica, for routers
         self.cost = cost
         self.batching = batching
         self.queue = queue
@@ -98,6 +103,11 @@ class Replica:
         self._iterations = recorder.iterations[index]
         self.on_done = on_done
         self._window = cost.model.sliding_window_tokens
+        self._pipeline = pipeline  # None: the replica's one device group runs every layer
+        # Prefill role (disaggregated serving): requests leave after their first token,
+        # their KV held here until ``release_sent`` says it reached a decode replica.
+        self._on_prefilled = on_prefilled
+        self._sending: dict[int, Request] = {}
 
         self._waiting: deque[Request] = deque()
         self._running: dict[int, Request] = {}  # admission order
@@ -230,6 +240,11 @@ class Replica:
     def num_outstanding_prompt_tokens(self) -> int:
         return self._outstanding_prompt_tokens
 
+    @property
+    def num_sending(self) -> int:
+        """Prefilled requests whose KV is still being sent to a decode replica."""
+        return len(self._sending)
+
     def num_blocks_held(self, request: Request) -> int:
         if request.slot >= 0:
             return max(request.num_blocks, -(-self.num_computed(request) // self._block))
@@ -256,6 +271,26 @@ class Replica:
         if self._known_arrivals_s is not None:
             assert self._known_arrivals_s[self._next_known] == request.arrival_s
             self._next_known += 1
+        self._notify()
+
+    def submit_prefilled(self, request: Request, output_tokens: int) -> None:
+        """Queue a request whose prompt was computed by a prefill replica and whose KV
+        cache has just arrived here (disaggregated serving): admission gives it blocks
+        for that KV, and it goes on decoding without computing its prompt again."""
+        request.num_blocks = request.shared_blocks = 0
+        request.prefix_id = -1  # its KV came whole; nothing to share or publish here
+        self.submit(request, output_tokens)
+
+    def release_sent(self, request: Request) -> None:
+        """A prefilled request's KV has reached its decode replica: free it here."""
+        del self._sending[request.request_id]
+        del self._targets[request.request_id]
+        self._free_blocks(request)
+        self._notify()
+
+    def _notify(self) -> None:
+        """Something a plan may use arrived (a request, free blocks): wake the loop, or
+        cut a run short where that could change the plan."""
         if self._wakeup is not None and not self._wakeup.triggered:
             self._wakeup.succeed()
         elif (
@@ -285,7 +320,7 @@ class Replica:
                 continue
             assert plan.num_decode_seqs in (0, self._num_decoding), "decodes run all or none"
             if (plan.is_decode_only and plan.may_repeat and self.fast_forward
-                    and not self._swap_bytes_pending):
+                    and not self._swap_bytes_pending and self._pipeline is None):
                 self._wake_on_arrival = plan.wake_on_arrival
                 yield from self._decode_run()
             else:
@@ -323,27 +358,34 @@ class Replica:
         kv_tokens = self._ctx_sum + num_decode + sum(q) + self._kv_tokens_besides_decodes()
         cached_blocks = self._num_cached_blocks()
         swap_bytes, self._swap_bytes_pending = self._swap_bytes_pending, 0.0
-        if q:
-            if not num_decode:
-                attended = 0.0
-            elif self._window is None:
-                attended = float(self._ctx_sum + num_decode)
-            else:
-                attended = float(self._decode_context(1)[0])
-            seconds, flops, hbm = self.cost.iteration(q, ctx, num_decode, attended)
-            duration_s = on_grid(seconds + self.cost.swap_s(swap_bytes))
-        else:  # decode-only but not repeatable: price exactly as a run of one would be
-            secs, fl, hb = self.cost.decode_run(num_decode, self._decode_context(1))
-            duration_s = on_grid(float(secs[0]) + self.cost.swap_s(swap_bytes))
-            flops, hbm = float(fl[0]), float(hb[0])
+        wait_s = transfer_s = 0.0
+        if not num_decode:
+            attended = 0.0
+        elif self._window is None:
+            attended = float(self._ctx_sum + num_decode)
+        else:
+            attended = float(self._decode_context(1)[0])
         blocks_used = self.num_blocks_used
-        yield self.env.timeout(duration_s)
+        if self._pipeline is not None:
+            stage_s, send_s, flops, hbm = self._pipeline.price(q, ctx, num_decode, attended)
+            stage_s[0] = on_grid(stage_s[0] + self.cost.swap_s(swap_bytes))
+            wait_s, transfer_s = yield from self._pipeline.traverse(stage_s, send_s)
+            duration_s = self.env.now - start_s
+        else:
+            if q:
+                seconds, flops, hbm = self.cost.iteration(q, ctx, num_decode, attended)
+                duration_s = on_grid(seconds + self.cost.swap_s(swap_bytes))
+            else:  # decode-only but not repeatable: price exactly as a run of one would be
+                secs, fl, hb = self.cost.decode_run(num_decode, self._decode_context(1))
+                duration_s = on_grid(float(secs[0]) + self.cost.swap_s(swap_bytes))
+                flops, hbm = float(fl[0]), float(hb[0])
+            yield self.env.timeout(duration_s)
         # Recorded once done: an iteration cut off by the stop never completed.
         gap_s, continuing = self._decode_gaps(num_decode, self.env.now)
         self._iterations.append(
             start_s, duration_s, sum(q), len(q),
             num_decode, blocks_used, len(plan.preempted), flops, hbm, gap_s, continuing,
-            swap_bytes, kv_tokens, cached_blocks,
+            swap_bytes, kv_tokens, cached_blocks, wait_s, transfer_s,
         )
         self._decode_blocks_in_flight = 0
         self.iteration += 1
@@ -509,6 +551,9 @@ class Replica:
         if request.num_output_tokens >= target:
             self._finish(request, now)
             return
+        if self._on_prefilled is not None:
+            self._send(request, target)
+            return
         slot = self._free_slots.pop()
         request.slot = slot
         self._joined_s[request.request_id] = now
@@ -645,6 +690,16 @@ class Replica:
         self.recorder.request_done(request, output_tokens, "finished", now)
         self.on_done(request)
 
+    def _send(self, request: Request, output_tokens: int) -> None:
+        """Prefill role: the request leaves for a decode replica; its blocks stay held
+        until its KV has been sent (``release_sent``)."""
+        assert self._on_prefilled is not None
+        del self._running[request.request_id]
+        self._predicted.pop(request.request_id, None)
+        self._outstanding_prompt_tokens -= request.prompt_tokens
+        self._sending[request.request_id] = request  # its target stays until released
+        self._on_prefilled(self, request, output_tokens)
+
     def _preempt(self, victims: list[Request]) -> None:
         """Preempt: the KV goes to host memory (swap, while swap space lasts) or is dropped
         to be recomputed; the request goes back to the front of the queue."""
@@ -675,20 +730,20 @@ class Replica:
         for request in list(self._running.values()):
             if request.slot >= 0:
                 self._sync(request)
-        for request in [*self._running.values(), *self._waiting]:
+        for request in [*self._running.values(), *self._sending.values(), *self._waiting]:
             self.recorder.request_done(request, self._targets[request.request_id], "in_flight")
 
     def check_invariants(self) -> None:
         """KV accounting and decode totals agree with a from-scratch recount."""
-        own = sum(self.num_blocks_held(r) - r.shared_blocks for r in self._running.values())
+        holders = [*self._running.values(), *self._sending.values()]
+        own = sum(self.num_blocks_held(r) - r.shared_blocks for r in holders)
         shared = 0
         if self._cache is not None:
             self._cache.check()
-            refs = sorted((r.prefix_id, r.shared_blocks) for r in self._running.values()
-                          if r.shared_blocks)
+            refs = sorted((r.prefix_id, r.shared_blocks) for r in holders if r.shared_blocks)
             assert refs == self._cache.references(), "prefix-cache references disagree"
             shared = self._cache.num_held_total()
-            assert self._num_shared == sum(r.shared_blocks for r in self._running.values())
+            assert self._num_shared == sum(r.shared_blocks for r in holders)
             assert self.num_blocks_used + self._cache.num_evictable <= self.num_kv_blocks
         held = own + shared + self._decode_blocks_in_flight
         assert held == self.num_blocks_used, (held, self.num_blocks_used)

@@ -77,8 +77,11 @@ _SECTIONS: list[tuple[str, list[tuple[str, str, Formatter]]]] = [
         ("busy", "busy_frac", _percent),
         ("KV cache mean", "kv_utilization_mean_frac", _percent),
         ("KV cache max", "kv_utilization_max_frac", _percent),
+        ("pipeline waits", "pipeline_wait_frac", _percent),
+        ("KV hand-over mean (ms)", "kv_transfer_mean_s", lambda x: _number(x * 1e3)),
     ]),
     ("Cost & energy", [
+        ("devices (mean over the run)", "num_devices_mean", _number),
         ("cost (USD)", "cost_usd", _usd),
         ("USD per M output tokens", "cost_per_million_output_tokens_usd", _usd),
         ("USD per M total tokens", "cost_per_million_total_tokens_usd", _usd),
@@ -86,6 +89,9 @@ _SECTIONS: list[tuple[str, list[tuple[str, str, Formatter]]]] = [
         ("energy per output token (J)", "energy_per_output_token_j", _number),
     ]),
 ]
+
+_ONLY_WHEN_ACTIVE = {"pipeline_wait_frac", "kv_transfer_mean_s"}
+"""Rows shown only for runs with pipeline stages or disaggregated pools."""
 
 _LATENCY = [("TTFT", "ttft"), ("TPOT", "tpot"), ("ITL", "itl"), ("E2E", "e2e"),
             ("queue", "queue")]
@@ -115,6 +121,8 @@ def summary_table(summary: pd.Series, title: str = "servesim summary") -> Table:
 
     def rows(entries: list[tuple[str, str, Formatter]]) -> None:
         for label, key, fmt in entries:
+            if key in _ONLY_WHEN_ACTIVE and not summary.get(key, 0) > 0:
+                continue  # a layout this run does not have (NaN or 0)
             table.add_row(f"  {label}", _cell(summary, key, fmt), "", "", "")
 
     sections = iter(_SECTIONS)

@@ -55,6 +55,9 @@ class Request:
     prefix_hit_tokens: int = 0
     """Prompt tokens found in the prefix cache at admission, summed over admissions."""
     replica: int = -1
+    kv_transfer_s: float = math.nan
+    """Disaggregated serving: seconds from the end of its prefill until its KV cache
+    reached a decode replica (queueing on the link included); NaN otherwise."""
     first_scheduled_s: float = math.nan
     first_token_s: float = math.nan
     last_token_s: float = math.nan

@@ -36,13 +36,32 @@ _TRACE_CHUNK_EVENTS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
+class GroupInfo:
+    """One replica group of the cluster, as the summary needs it."""
+
+    name: str
+    role: str  # "mixed", "prefill" or "decode"
+    accelerator: AcceleratorSpec
+    compute_dtype: ComputeDType
+    first_replica: int  # its replicas are first_replica .. first_replica + num_replicas - 1
+    num_replicas: int  # replica slots (an autoscaled group's maximum)
+    devices_per_replica: int  # tensor x pipeline x attention-data parallel
+    num_stages: int  # pipeline stages; each runs on devices_per_replica / num_stages devices
+    kv_capacity_blocks: int  # per replica
+
+
+@dataclass(frozen=True, slots=True)
 class RunInfo:
-    """What the summary needs to know about the deployment and the run, besides the frames."""
+    """What the summary needs to know about the deployment and the run, besides the frames.
+
+    ``accelerator``, ``compute_dtype``, ``devices_per_replica`` and ``kv_capacity_blocks``
+    describe the first replica group, the only one unless the deployment has groups;
+    ``groups`` describes them all (empty: one group made of the fields above)."""
 
     accelerator: AcceleratorSpec
     compute_dtype: ComputeDType  # the dtype whose peak MFU is measured against, e.g. "bf16"
-    num_replicas: int
-    devices_per_replica: int  # tensor-parallel degree
+    num_replicas: int  # replica slots, all groups
+    devices_per_replica: int
     kv_capacity_blocks: int  # per replica
     block_size_tokens: int
     slo_ttft_s: float | None  # None: no TTFT target
@@ -50,10 +69,51 @@ class RunInfo:
     end_s: float  # simulated time at which the run stopped (>= every timestamp)
     wall_s: float  # wall-clock seconds the simulation took (for reporting only)
     workload_report: str | None = None  # a trace's rows kept, and dropped by why; else None
+    groups: tuple[GroupInfo, ...] = ()
+    replica_s: tuple[float, ...] | None = None
+    """Seconds each replica was provisioned (paid for) in [0, end_s]; None: all of it."""
 
     @property
-    def num_devices(self) -> int:
-        return self.num_replicas * self.devices_per_replica
+    def all_groups(self) -> tuple[GroupInfo, ...]:
+        if self.groups:
+            return self.groups
+        return (GroupInfo("group0", "mixed", self.accelerator, self.compute_dtype, 0,
+                          self.num_replicas, self.devices_per_replica, 1,
+                          self.kv_capacity_blocks),)
+
+    def per_replica(self, field: str) -> np.ndarray:
+        """A group field (or an accelerator one, prefixed ``accelerator.``) per replica."""
+        values = []
+        for group in self.all_groups:
+            if field.startswith("accelerator."):
+                value = getattr(group.accelerator, field.partition(".")[2])
+            else:
+                value = getattr(group, field)
+            values.extend([value] * group.num_replicas)
+        return np.asarray(values)
+
+    @property
+    def provisioned_s(self) -> np.ndarray:
+        """Seconds each replica was paid for."""
+        if self.replica_s is None:
+            return np.full(self.num_replicas, self.end_s)
+        return np.asarray(self.replica_s, dtype=np.float64)
+
+    @property
+    def num_devices(self) -> float:
+        """Devices of the cluster, averaged over the run when replicas scale."""
+        devices = self.per_replica("devices_per_replica").astype(np.float64)
+        if self.replica_s is None or self.end_s <= 0:
+            return float(devices.sum())
+        return float(devices @ self.provisioned_s / self.end_s)
+
+
+def _column(frame: pd.DataFrame, name: str, default: float) -> np.ndarray:
+    """``frame[name]`` as float64, or ``default`` everywhere for a frame without it (one
+    from before the column existed)."""
+    if name in frame.columns:
+        return frame[name].to_numpy(dtype=np.float64)
+    return np.full(len(frame), default)
 
 
 def _ratio(numerator: float, denominator: float) -> float:
@@ -118,8 +178,12 @@ class Results:
         iterations: pd.DataFrame,
         info: RunInfo,
         itl_extra_s: np.ndarray,
+        scaling: pd.DataFrame | None = None,
     ) -> None:
         self.scenario = scenario
+        self.scaling = (scaling if scaling is not None
+                        else pd.DataFrame({"time_s": [], "replica": [], "event": []}))
+        """Autoscaler events (time_s, replica, event: start, ready, drain, stop)."""
         self._raw_requests = requests
         self.iterations = iterations
         self.info = info
@@ -173,10 +237,13 @@ class Results:
           output token, meets it; a None target is always met), per ``duration_s``;
           ``slo_attainment_frac`` divides that count by the requests not in flight at the
           stop (rejected ones count as failures).
-        - MFU/MBU: Σ flops (hbm_bytes) / (Σ busy seconds × peak), per device.
+        - MFU/MBU: Σ flops (hbm_bytes) / (Σ busy seconds × peak), per device, weighted
+          by devices where groups differ. An iteration keeps its stages busy for its
+          duration less its pipeline waits and sends (all of it without pipelining).
         - Energy: per device, an iteration draws idle + (TDP − idle) × clip(max(MFU_i,
-          MBU_i), 0, 1) and idle time draws idle, over [0, end_s]; × devices.
-        - Cost: devices × price per hour × end_s / 3600.
+          MBU_i), 0, 1) while busy and idle otherwise, over the time each replica was
+          provisioned ([0, end_s] unless autoscaled).
+        - Cost: Σ over replicas of devices × price per hour × provisioned seconds / 3600.
         """
         info, req = self.info, self.requests
         status = req["status"].to_numpy(dtype=object)
@@ -227,6 +294,12 @@ class Results:
         m["prefix_hit_rate_frac"] = _ratio(float(hits[admitted].sum()),
                                            float(req["prompt_tokens"].to_numpy()[admitted].sum()))
         m["prefill_tokens_saved"] = float(hits.sum())
+        # Disaggregated serving: the KV hand-over from prefill to decode replicas.
+        transfer = _column(req, "kv_transfer_s", math.nan)
+        transfer = transfer[~np.isnan(transfer)]
+        m["kv_transfer_mean_s"] = float(transfer.mean()) if transfer.size else math.nan
+        m["kv_transfer_p99_s"] = (float(np.percentile(transfer, 99)) if transfer.size
+                                  else math.nan)
 
         # Throughput of finished requests over the measurement window.
         input_tokens = float(req["prompt_tokens"].to_numpy()[finished].sum())
@@ -254,8 +327,11 @@ class Results:
 
         m.update(self._utilisation(duration_s))
         m["energy_per_output_token_j"] = _ratio(m["energy_j"], output_tokens)
-        cost_usd = devices * info.accelerator.price_per_hour_usd * info.end_s / 3600.0
+        price = info.per_replica("accelerator.price_per_hour_usd").astype(np.float64)
+        paid = info.per_replica("devices_per_replica") * info.provisioned_s
+        cost_usd = float(price @ paid) / 3600.0
         m["cost_usd"] = cost_usd
+        m["num_devices_mean"] = devices
         m["cost_per_million_output_tokens_usd"] = _ratio(cost_usd * 1e6, output_tokens)
         m["cost_per_million_total_tokens_usd"] = _ratio(cost_usd * 1e6, total_tokens)
         return pd.Series(m, dtype=np.float64, name="value").rename_axis("metric")
@@ -274,36 +350,50 @@ class Results:
 
     def _utilisation(self, duration_s: float) -> dict[str, float]:
         info, it = self.info, self.iterations
-        accel = info.accelerator
-        peak_flops = accel.peak_flops_per_s(info.compute_dtype)
-        peak_bytes = accel.hbm_bytes_per_s
+        replicas = it["replica"].to_numpy(dtype=np.int64)
+        # Per iteration row: the figures of its replica's group.
+        compute = np.array([g.accelerator.peak_flops_per_s(g.compute_dtype)
+                            for g in info.all_groups for _ in range(g.num_replicas)])
+        peak_bytes = info.per_replica("accelerator.hbm_bytes_per_s").astype(np.float64)
+        idle_w = info.per_replica("accelerator.idle_w").astype(np.float64)
+        tdp_w = info.per_replica("accelerator.tdp_w").astype(np.float64)
+        stages = info.per_replica("num_stages").astype(np.float64)
+        devices = info.per_replica("devices_per_replica").astype(np.float64)
+        per_stage = devices / stages  # devices one iteration's stage runs on
+        capacity = info.per_replica("kv_capacity_blocks").astype(np.float64) / stages
         dur = it["duration_s"].to_numpy(dtype=np.float64)
+        wait = _column(it, "pipeline_wait_s", 0.0)
+        busy = dur - wait - _column(it, "pipeline_transfer_s", 0.0)
         flops = it["flops"].to_numpy(dtype=np.float64)
         hbm = it["hbm_bytes"].to_numpy(dtype=np.float64)
         kv = it["kv_blocks_used"].to_numpy(dtype=np.float64)
         kv_tokens = it["kv_tokens"].to_numpy(dtype=np.float64)
-        busy_s = float(dur.sum())
+        w = per_stage[replicas]  # device weight of each row
+        row_flops, row_bytes = compute[replicas], peak_bytes[replicas]
 
         with np.errstate(divide="ignore", invalid="ignore"):
-            load = np.maximum(flops / (dur * peak_flops), hbm / (dur * peak_bytes))
+            load = np.maximum(flops / (busy * row_flops), hbm / (busy * row_bytes))
         load = np.clip(np.nan_to_num(load, nan=0.0, posinf=1.0), 0.0, 1.0)
-        busy_energy_j = float(((accel.idle_w + (accel.tdp_w - accel.idle_w) * load) * dur).sum())
-        replicas = it["replica"].to_numpy(dtype=np.int64)
-        busy_per_replica = np.bincount(replicas, weights=dur, minlength=info.num_replicas)
-        idle_s = float(np.clip(info.end_s - busy_per_replica, 0.0, None).sum())
-        energy_j = info.devices_per_replica * (busy_energy_j + accel.idle_w * idle_s)
-
-        capacity = float(info.kv_capacity_blocks)
+        row_idle, row_tdp = idle_w[replicas], tdp_w[replicas]
+        busy_energy_j = float(((row_idle + (row_tdp - row_idle) * load) * busy * w).sum())
+        busy_device_s = np.bincount(replicas, weights=busy * w, minlength=info.num_replicas)
+        idle_device_s = np.clip(devices * info.provisioned_s - busy_device_s, 0.0, None)
+        energy_j = busy_energy_j + float(idle_w @ idle_device_s)
+        busy_s = float(busy.sum())
+        window = stages * np.minimum(info.provisioned_s, duration_s)
+        row_capacity = capacity[replicas]
+        kv_frac = kv / row_capacity if kv.size else kv
         return {
-            "mfu_frac": _ratio(float(flops.sum()), busy_s * peak_flops),
-            "mbu_frac": _ratio(float(hbm.sum()), busy_s * peak_bytes),
-            "busy_frac": _ratio(busy_s, info.num_replicas * duration_s),
-            "kv_utilization_mean_frac": _ratio(float(kv @ dur), busy_s * capacity),
-            "kv_utilization_max_frac": _ratio(float(kv.max()), capacity) if kv.size else math.nan,
+            "mfu_frac": _ratio(float(flops @ w), float((busy * w) @ row_flops)),
+            "mbu_frac": _ratio(float(hbm @ w), float((busy * w) @ row_bytes)),
+            "busy_frac": _ratio(busy_s, float(window.sum())),
+            "kv_utilization_mean_frac": _ratio(float(kv @ dur), float(row_capacity @ dur)),
+            "kv_utilization_max_frac": float(kv_frac.max()) if kv.size else math.nan,
             # Allocated but unused: the share of the blocks in use (time-weighted) that
             # holds no token (last-block slack, reservations not yet filled).
             "kv_fragmentation_frac": 1.0 - _ratio(float(kv_tokens @ dur),
                                                   float(kv @ dur) * info.block_size_tokens),
+            "pipeline_wait_frac": _ratio(float(wait.sum()), float(dur.sum())),
             "num_preemptions": float(it["num_preempted"].sum()),
             "swap_bytes": float(it["swap_bytes"].sum()),
             "energy_j": energy_j,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import yaml
 from pydantic import (
@@ -31,6 +31,7 @@ from policies.queue import QUEUE
 from policies.routing import ROUTING
 from simulator.dtypes import DType
 from simulator.model import ModelSpec
+from simulator.moe import ExpertLoadConfig, UniformExpertLoad
 from simulator.plan import EngineLimits, PolicyParams
 from simulator.predictor import PredictorConfig
 from simulator.presets import apply_preset
@@ -89,13 +90,70 @@ class HardwareConfig(_Section):
         description="A calibration profile (JSON from `servesim calibrate`): the measured "
         "device and its fitted efficiencies, used unless accelerator or efficiency are set.",
     )
+    devices_per_node: int | None = Field(
+        default=None, gt=0,
+        description="Overrides the accelerator's devices per node (a layout wider than a node "
+        "pays the inter-node network for its collectives).",
+    )
+    intra_node_gb_per_s: float | None = Field(
+        default=None, gt=0,
+        description="Overrides the device-to-device link inside a node (NVLink/xGMI or PCIe), "
+        "GB/s per direction per device.",
+    )
+    network_gb_per_s: float | None = Field(
+        default=None, gt=0,
+        description="Overrides the inter-node network bandwidth per device (InfiniBand, "
+        "RoCE, Ethernet), GB/s per direction.",
+    )
+    network_latency_us: float | None = Field(
+        default=None, ge=0, description="Overrides the one-way inter-node latency, µs."
+    )
+
+    def accelerator_overrides(self) -> dict[str, float]:
+        """The accelerator fields this section overrides, by AcceleratorSpec field name."""
+        names = ("price_per_hour_usd", "devices_per_node", "intra_node_gb_per_s",
+                 "network_gb_per_s", "network_latency_us")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 
-class DeploymentConfig(_Section):
-    """How the model is laid out on devices, and at what precision."""
+Role = Literal["mixed", "prefill", "decode"]
 
-    tensor_parallel: int = Field(default=1, gt=0, description="Devices per replica (TP degree).")
-    replicas: int = Field(default=1, gt=0, description="Identical data-parallel replicas.")
+
+class LayoutConfig(_Section):
+    """How one replica lays the model out on devices, and at what precision."""
+
+    tensor_parallel: int = Field(default=1, gt=0, description="Devices a layer is split over "
+                                 "(TP degree).")
+    pipeline_parallel: int = Field(
+        default=1, gt=0,
+        description="Pipeline stages: the layers are split into this many consecutive stages, "
+        "each on its own tensor-parallel group, with as many micro-batches in flight as "
+        "stages (vLLM's virtual engines).",
+    )
+    pipeline_layers: tuple[int, ...] | None = Field(
+        default=None,
+        description="Layers per stage, first to last (vLLM's VLLM_PP_LAYER_PARTITION); must "
+        "sum to the model's layers. None: an even split, extra layers to the stages before "
+        "the last (as vLLM splits).",
+    )
+    attention_data_parallel: int = Field(
+        default=1, gt=0,
+        description="Data-parallel attention ranks per replica: each runs attention on its "
+        "own share of the batch and KV cache, and all of them share the MoE layers (as "
+        "DeepSeek deployments run). 1: none.",
+    )
+    expert_parallel: bool = Field(
+        default=False,
+        description="Shard the experts of MoE layers over the replica's tensor_parallel x "
+        "attention_data_parallel devices (all-to-all dispatch and combine); false splits "
+        "every expert over them instead (expert TP).",
+    )
+    expert_load: ExpertLoadConfig = Field(
+        default_factory=lambda: UniformExpertLoad(kind="uniform"),
+        description="How routed tokens spread over experts: {kind: uniform}, {kind: zipf, "
+        "exponent: s} or {kind: given, weights: [per-expert load]}; under expert "
+        "parallelism the busiest device sets the pace.",
+    )
     weight_dtype: DType = Field(default="bf16", description="Storage format of linear weights.")
     activation_dtype: Literal["fp32", "bf16", "fp16", "fp8", "int8"] = Field(
         default="bf16",
@@ -105,13 +163,25 @@ class DeploymentConfig(_Section):
     kv_cache_dtype: Literal["auto", "fp32", "bf16", "fp16", "fp8", "int8"] = Field(
         default="auto", description="KV cache element format; 'auto' follows the activations."
     )
+    state_dtype: Literal["fp32", "bf16", "fp16"] = Field(
+        default="bf16",
+        description="Element format of recurrent (SSM, linear-attention) layers' per-sequence "
+        "state: the model's dtype, as vLLM's mamba_cache_dtype 'auto', or fp32 "
+        "(--mamba-ssm-cache-dtype float32).",
+    )
 
     @model_validator(mode="after")
-    def _check_precision(self) -> DeploymentConfig:
+    def _check_layout(self) -> LayoutConfig:
         if self.activation_dtype in ("fp8", "int8") and self.weight_dtype != self.activation_dtype:
             raise ValueError(
                 f"activation_dtype={self.activation_dtype!r} needs weight_dtype="
                 f"{self.activation_dtype!r} (W8A8), got weight_dtype={self.weight_dtype!r}"
+            )
+        layers = self.pipeline_layers
+        if layers is not None and (len(layers) != self.pipeline_parallel or min(layers) < 1):
+            raise ValueError(
+                f"pipeline_layers={list(layers)} must give {self.pipeline_parallel} stages "
+                f"(pipeline_parallel) of at least one layer each"
             )
         return self
 
@@ -122,8 +192,197 @@ class DeploymentConfig(_Section):
         return "bf16" if self.activation_dtype in ("fp8", "int8") else self.activation_dtype
 
     @property
+    def devices_per_replica(self) -> int:
+        return self.tensor_parallel * self.pipeline_parallel * self.attention_data_parallel
+
+
+class AutoscaleConfig(_Section):
+    """Replicas added and removed during the run by a scaling policy."""
+
+    metric: Literal["utilization", "queue_length"] = Field(
+        description="What the policy steers: 'utilization' (share of the active replicas' "
+        "KV cache and sequence slots in use, the larger) or 'queue_length' (requests "
+        "waiting per active replica).",
+    )
+    target: float = Field(
+        gt=0, description="Value of the metric the policy aims for (a fraction for "
+        "utilization, requests for queue_length).",
+    )
+    min_replicas: int = Field(default=1, gt=0, description="Fewest replicas kept running.")
+    max_replicas: int = Field(gt=0, description="Most replicas the policy may run.")
+    interval_s: float = Field(default=10.0, gt=0, description="Seconds between decisions.")
+    startup_s: float = Field(
+        default=60.0, ge=0,
+        description="Seconds from the decision to add a replica until it serves (model load, "
+        "warm-up); it is paid for meanwhile.",
+    )
+    cooldown_s: float = Field(
+        default=300.0, ge=0,
+        description="Scale-down stabilization window, s: a replica is removed only when "
+        "every decision of this long asked for fewer (Kubernetes HPA's default is 300).",
+    )
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> AutoscaleConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"autoscale.min_replicas={self.min_replicas} exceeds max_replicas="
+                f"{self.max_replicas}"
+            )
+        if self.metric == "utilization" and self.target > 1:
+            raise ValueError(f"autoscale.target={self.target} must be <= 1 for utilization")
+        return self
+
+
+class ReplicaGroupConfig(_Section):
+    """One kind of replica in a cluster of several: its role, hardware and layout.
+
+    A field left unset takes the value of the ``deployment`` (layout) or ``hardware``
+    (accelerator, price) section."""
+
+    name: str | None = Field(default=None, description="Label; defaults to 'group<i>'.")
+    role: Role = Field(
+        default="mixed",
+        description="'mixed' serves whole requests; 'prefill' computes prompts and hands the "
+        "KV cache to a 'decode' replica, which generates the rest (disaggregated serving).",
+    )
+    replicas: int = Field(default=1, gt=0, description="Replicas of this kind.")
+    accelerator: str | AcceleratorSpec | None = Field(
+        default=None, description="Catalog name or full spec; None: hardware.accelerator."
+    )
+    price_per_hour_usd: float | None = Field(
+        default=None, ge=0, description="Hourly price per device, USD; None: the hardware "
+        "section's override, else the catalog's."
+    )
+    tensor_parallel: int | None = Field(default=None, gt=0, description="See deployment.")
+    pipeline_parallel: int | None = Field(default=None, gt=0, description="See deployment.")
+    pipeline_layers: tuple[int, ...] | None = Field(default=None, description="See deployment.")
+    attention_data_parallel: int | None = Field(default=None, gt=0,
+                                                description="See deployment.")
+    expert_parallel: bool | None = Field(default=None, description="See deployment.")
+    weight_dtype: DType | None = Field(default=None, description="See deployment.")
+    activation_dtype: Literal["fp32", "bf16", "fp16", "fp8", "int8"] | None = Field(
+        default=None, description="See deployment.")
+    kv_cache_dtype: Literal["auto", "fp32", "bf16", "fp16", "fp8", "int8"] | None = Field(
+        default=None, description="See deployment.")
+    state_dtype: Literal["fp32", "bf16", "fp16"] | None = Field(
+        default=None, description="See deployment.")
+    autoscale: AutoscaleConfig | None = Field(
+        default=None, description="Scale this group's replicas during the run; `replicas` "
+        "is then how many run at the start.",
+    )
+
+
+class KVTransferConfig(_Section):
+    """The link a prefill replica sends KV caches to decode replicas over."""
+
+    link: Literal["network", "intra_node"] = Field(
+        default="network",
+        description="'network': the inter-node network (RDMA, as Mooncake and DistServe "
+        "across nodes); 'intra_node': NVLink/xGMI when prefill and decode share a node.",
+    )
+    gb_per_s: float | None = Field(
+        default=None, gt=0,
+        description="Bandwidth per sending device, GB/s; None: the prefill accelerator's "
+        "figure for the link. Every device of the prefill replica sends its share at once.",
+    )
+    latency_us: float | None = Field(
+        default=None, ge=0,
+        description="Fixed latency per transfer, µs; None: the network latency (network) or "
+        "the collective latency (intra_node).",
+    )
+
+
+class DeploymentConfig(LayoutConfig):
+    """How the model is laid out on devices, at what precision, and how many replicas.
+
+    One kind of replica by default; ``groups`` describes a cluster of several kinds
+    (heterogeneous hardware, or prefill and decode pools for disaggregated serving)."""
+
+    replicas: int = Field(default=1, gt=0, description="Identical data-parallel replicas.")
+    autoscale: AutoscaleConfig | None = Field(
+        default=None,
+        description="Scale replicas during the run (one group only); `replicas` is then how "
+        "many run at the start.",
+    )
+    groups: tuple[ReplicaGroupConfig, ...] = Field(
+        default=(),
+        description="Replica groups, each with its own role, accelerator and layout (fields "
+        "left unset inherit this section's and hardware's); empty: `replicas` replicas of "
+        "this section's layout. With groups, `replicas` and `autoscale` here are unused and "
+        "must stay unset.",
+    )
+    kv_transfer: KVTransferConfig = Field(
+        default_factory=KVTransferConfig,
+        description="Link between prefill and decode replicas (disaggregated groups).",
+    )
+
+    @model_validator(mode="after")
+    def _check_groups(self) -> DeploymentConfig:
+        if not self.groups:
+            return self
+        for name in ("replicas", "autoscale"):
+            if name in self.model_fields_set:
+                raise ValueError(
+                    f"deployment.{name} is set together with deployment.groups; give each "
+                    f"group its own {name}"
+                )
+        roles = {g.role for g in self.groups}
+        if ("prefill" in roles) != ("decode" in roles):
+            raise ValueError(
+                f"deployment.groups roles {sorted(roles)}: disaggregated serving needs both a "
+                f"'prefill' and a 'decode' group"
+            )
+        if "mixed" in roles and len(roles) > 1:
+            raise ValueError(
+                "deployment.groups mixes 'mixed' groups with prefill/decode ones; a cluster "
+                "is either aggregated (mixed groups) or disaggregated (prefill + decode)"
+            )
+        names = [g.name for g in self.groups if g.name is not None]
+        if len(names) != len(set(names)):
+            raise ValueError(f"deployment.groups names repeat: {names}")
+        return self
+
+    def layouts(self) -> list[GroupLayout]:
+        """Every replica group, its fields resolved against this section's."""
+        if not self.groups:
+            base = self.model_dump(include=set(LayoutConfig.model_fields))
+            return [GroupLayout(name="group0", role="mixed", replicas=self.replicas,
+                                accelerator=None, price_per_hour_usd=None,
+                                autoscale=self.autoscale, layout=LayoutConfig(**base))]
+        out = []
+        for i, group in enumerate(self.groups):
+            fields = self.model_dump(include=set(LayoutConfig.model_fields))
+            fields.update({k: v for k, v in group.model_dump(include=set(LayoutConfig.model_fields))
+                           .items() if v is not None})
+            out.append(GroupLayout(
+                name=group.name or f"group{i}", role=group.role, replicas=group.replicas,
+                accelerator=group.accelerator, price_per_hour_usd=group.price_per_hour_usd,
+                autoscale=group.autoscale, layout=LayoutConfig(**fields),
+            ))
+        return out
+
+    @property
     def num_devices(self) -> int:
-        return self.tensor_parallel * self.replicas
+        """Devices at the start of the run, all groups."""
+        return sum(g.replicas * g.layout.devices_per_replica for g in self.layouts())
+
+    @property
+    def num_replicas(self) -> int:
+        """Replicas at the start of the run, all groups."""
+        return sum(g.replicas for g in self.layouts())
+
+
+class GroupLayout(NamedTuple):
+    """One replica group with inherited fields filled in (``DeploymentConfig.layouts``)."""
+
+    name: str
+    role: Role
+    replicas: int
+    accelerator: str | AcceleratorSpec | None  # None: hardware.accelerator
+    price_per_hour_usd: float | None  # None: hardware's override or the catalog's
+    autoscale: AutoscaleConfig | None
+    layout: LayoutConfig
 
 
 class EngineConfig(_Section):

@@ -36,6 +36,7 @@ class FakeReplica:
     num_running: int
     num_waiting: int
     num_outstanding_prompt_tokens: int
+    speed: float = 1.0
 
 
 def test_least_loaded_picks_by_its_own_measure_and_rotates_ties():

@@ -1,0 +1,437 @@
+"""The cluster: replica groups behind their routers, the KV links of disaggregated
+serving, and the autoscaler.
+
+A replica is a ``Replica`` (one scheduler over one device group) or, under pipeline
+parallelism, ``VirtualEngines`` (p schedulers sharing the stages of a ``Pipeline``).
+Groups have roles: 'mixed' replicas serve whole requests; 'prefill' replicas compute
+prompts and hand each request, with its KV cache, to a 'decode' replica chosen by the
+decode pool's router, over the sending replica's link (a SimPy resource: transfers
+queue on it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Generator, Sequence
+from typing import Any
+
+import numpy as np
+import simpy
+
+from policies.batching import BATCHING
+from policies.queue import QUEUE
+from policies.routing import ROUTING, RoutingPolicy
+from simulator.deployment import Deployment, ReplicaGroup, ScenarioError
+from simulator.dtypes import BYTES_PER_ELEMENT
+from simulator.pipeline import Pipeline
+from simulator.predictor import Predictor
+from simulator.recorder import Recorder
+from simulator.replica import Replica
+from simulator.request import Request
+from simulator.scenario import AutoscaleConfig
+
+ROUTING_REFERENCE_SHAPE = ([512], [0], 32, 32 * 1024.0)
+"""The iteration whose speed ranks replicas of different groups for routers: a 512-token
+prefill beside 32 decodes at 1k context (a loaded replica's typical step)."""
+
+
+class VirtualEngines:
+    """A pipeline-parallel replica as routers and the cluster see it: ``p`` schedulers
+    (``Replica`` objects, vLLM's virtual engines) over one ``Pipeline``. An arriving
+    request joins the one with the fewest unfinished requests, as vLLM's engine does."""
+
+    def __init__(self, index: int, engines: Sequence[Replica], pipeline: Pipeline,
+                 speed: float = 1.0) -> None:
+        self.index = index
+        self.engines = tuple(engines)
+        self.pipeline = pipeline
+        self.speed = speed
+
+    def _least_busy(self) -> Replica:
+        return min(self.engines, key=lambda e: e.num_running + e.num_waiting)
+
+    def submit(self, request: Request, output_tokens: int) -> None:
+        self._least_busy().submit(request, output_tokens)
+
+    def submit_prefilled(self, request: Request, output_tokens: int) -> None:
+        self._least_busy().submit_prefilled(request, output_tokens)
+
+    def expect_arrivals(self, arrival_s: np.ndarray) -> None:
+        """Arrivals are not announced to virtual engines (which one gets a request depends
+        on their state); runs are not fast-forwarded under pipeline parallelism anyway."""
+
+    @property
+    def num_running(self) -> int:
+        return sum(e.num_running for e in self.engines)
+
+    @property
+    def num_waiting(self) -> int:
+        return sum(e.num_waiting for e in self.engines)
+
+    @property
+    def num_outstanding_prompt_tokens(self) -> int:
+        return sum(e.num_outstanding_prompt_tokens for e in self.engines)
+
+    @property
+    def num_blocks_used(self) -> int:
+        return sum(e.num_blocks_used for e in self.engines)
+
+    @property
+    def num_kv_blocks(self) -> int:
+        return sum(e.num_kv_blocks for e in self.engines)
+
+    @property
+    def max_num_seqs(self) -> int:
+        return sum(e.max_num_seqs for e in self.engines)
+
+    def record_in_flight(self) -> None:
+        for engine in self.engines:
+            engine.record_in_flight()
+
+    def check_invariants(self) -> None:
+        for engine in self.engines:
+            engine.check_invariants()
+
+
+
+def kv_transfer_s(group: ReplicaGroup, deployment: Deployment, num_tokens: int) -> float:
+    """Seconds to send ``num_tokens`` tokens of KV cache from a replica of ``group``
+    (every layer, every device's share at once) over the scenario's KV link: latency
+    plus bytes over the link's bandwidth times the sending devices."""
+    link = deployment.scenario.deployment.kv_transfer
+    acc = group.accelerator
+    per_device = (link.gb_per_s * 1e9 if link.gb_per_s is not None
+                  else acc.network_bytes_per_s if link.link == "network"
+                  else acc.intra_node_bytes_per_s)
+    latency_s = (link.latency_us * 1e-6 if link.latency_us is not None
+                 else group.topology.network_latency_s if link.link == "network"
+                 else group.topology.efficiency.latency_s)
+    # One copy of the sequence's KV, every layer; the devices holding it (a TP group per
+    # stage, on one attention-DP rank) each send their share at once.
+    model = group.cost.model
+    num_bytes = (num_tokens * model.kv_elements_per_token() * BYTES_PER_ELEMENT[
+        group.cost.kv_cache_dtype]
+        + model.state_elements_per_seq() * BYTES_PER_ELEMENT[group.cost.state_dtype])
+    devices = group.layout.tensor_parallel * group.layout.pipeline_parallel
+    return latency_s + num_bytes / (per_device * devices)
+
+
+class Cluster:
+    """Every replica of a deployment (or the group of them one worker process runs),
+    their routers and the admission check that rejects impossible requests."""
+
+    def __init__(self, env: simpy.Environment, deployment: Deployment, recorder: Recorder,
+                 on_done: Callable[[Request], None], replica_indices: Sequence[int],
+                 predictor: Predictor | None) -> None:
+        scenario = deployment.scenario
+        eng = scenario.engine
+        self.env = env
+        self.deployment = deployment
+        self.recorder = recorder
+        self._on_done = on_done
+        self.all_done = env.event()
+        """Succeeds once ``expected_requests`` requests are finished or rejected."""
+        self.expected_requests: int | None = None
+        self._num_done = 0
+        self.max_model_len = deployment.max_model_len
+        self.num_kv_blocks = deployment.min_kv_blocks
+        self.block_size = eng.block_size_tokens
+        self.slo_ttft_s = math.inf if scenario.slo.ttft_s is None else scenario.slo.ttft_s
+        self._check_policies(predictor)
+        seeds = np.random.SeedSequence(scenario.seed).spawn(3)
+        limits = eng.limits(deployment.max_model_len)
+        self.router = ROUTING.build(eng.routing, limits, np.random.default_rng(seeds[1]))
+        # The decode pool's router draws from its own stream (spawned from the routing one,
+        # so a cluster without a decode pool sees the same routing draws as before).
+        self.decode_router: RoutingPolicy = ROUTING.build(
+            eng.routing, limits, np.random.default_rng(seeds[1].spawn(1)[0]))
+        # Per replica: one stream for its batching policy, one for its queue order.
+        self._policy_seeds = [s.spawn(2) for s in seeds[2].spawn(deployment.num_replicas)]
+        self._predictor = predictor
+        self._speeds = _relative_speeds(deployment)
+        wanted = set(replica_indices)
+        self.replicas: list[Replica | VirtualEngines] = []
+        self._links: dict[int, simpy.Resource] = {}
+        for group in deployment.groups:
+            for index in group.replica_indices:
+                if index in wanted:
+                    self.replicas.append(self._build(group, index))
+        self._by_index = {replica.index: replica for replica in self.replicas}
+        self._active = {r.index for r in self.replicas
+                        if r.index - self.deployment.group_of(r.index).first_replica
+                        < self.deployment.group_of(r.index).num_replicas}
+        self.entry = [r for r in self.replicas if self._role(r) != "decode"]
+        self.decode = [r for r in self.replicas if self._role(r) == "decode"]
+        self._entry_active = [r for r in self.entry if r.index in self._active]
+        self._decode_active = [r for r in self.decode if r.index in self._active]
+
+    def _role(self, replica: Replica | VirtualEngines) -> str:
+        return self.deployment.group_of(replica.index).role
+
+    def _check_policies(self, predictor: Predictor | None) -> None:
+        eng = self.deployment.scenario.engine
+        if predictor is None and getattr(QUEUE.get(eng.queue.kind), "needs_predictor", False):
+            raise ScenarioError(
+                f"engine.queue={eng.queue.kind!r} orders by predicted output length: set "
+                f"engine.predictor (e.g. {{kind: oracle}} or {{kind: noisy, sigma: 0.5}})"
+            )
+        if eng.kv_reservation == "predicted" and predictor is None:
+            raise ScenarioError(
+                "engine.kv_reservation='predicted' reserves prompt + predicted output: set "
+                "engine.predictor (e.g. {kind: oracle} or {kind: noisy, sigma: 0.5})"
+            )
+        if eng.kv_reservation == "max":
+            blocks = -(-(self.max_model_len - 1) // self.block_size)
+            if blocks > self.num_kv_blocks:
+                raise ScenarioError(
+                    f"engine.kv_reservation='max' reserves max_model_len - 1 = "
+                    f"{self.max_model_len - 1} tokens ({blocks} blocks) per request, but the "
+                    f"KV cache holds {self.num_kv_blocks} blocks; lower engine.max_model_len"
+                )
+
+    def _build(self, group: ReplicaGroup, index: int) -> Replica | VirtualEngines:
+        """Replica ``index`` of ``group``: one scheduler, or one per pipeline stage."""
+        eng = self.deployment.scenario.engine
+        dp = group.layout.attention_data_parallel
+        # Data-parallel attention ranks run as one scheduler with their limits pooled.
+        max_num_seqs = eng.max_num_seqs * dp
+        limits = eng.limits(self.max_model_len)
+        if dp > 1:
+            limits = dataclasses.replace(
+                limits, max_num_seqs=max_num_seqs,
+                max_num_batched_tokens=limits.max_num_batched_tokens * dp)
+        speed = self._speeds[group.name]
+        on_prefilled = self._hand_off if group.role == "prefill" else None
+        if group.role == "prefill":
+            self._links[index] = simpy.Resource(self.env, capacity=1)
+        num_engines = len(group.stages)
+        pipeline = None
+        if num_engines > 1:
+            pipeline = Pipeline(self.env, group.stages, eng.iteration_overhead_s,
+                                group.topology)
+        seeds = self._policy_seeds[index]
+        # vLLM gives each virtual engine an equal share of the KV blocks.
+        num_blocks = group.num_kv_blocks // num_engines
+        engines = []
+        for v in range(num_engines):
+            rng_batch, rng_queue = (np.random.default_rng(s) for s in
+                                    (seeds if v == 0 else [t.spawn(1)[0] for t in seeds]))
+            engines.append(Replica(
+                self.env, index, group.cost,
+                BATCHING.build(eng.batching, limits, rng_batch),
+                queue=QUEUE.build(eng.queue, limits, rng_queue),
+                predictor=self._predictor,
+                num_host_blocks=group.memory.num_host_blocks * dp,
+                preemption_victim=eng.preemption_victim,
+                kv_reservation=eng.kv_reservation,
+                # Recurrent state cannot be rebuilt from cached KV (vLLM turns prefix
+                # caching off for such models); resolve refuses an explicit request for it.
+                prefix_cache=eng.prefix_cache if not group.cost.model.layer_counts(
+                ).num_recurrent else "none",
+                max_model_len=self.max_model_len,
+                num_kv_blocks=num_blocks,
+                block_size_tokens=eng.block_size_tokens,
+                max_num_seqs=max_num_seqs,
+                fast_forward=eng.fast_forward,
+                stop_s=self.deployment.scenario.stop.duration_s,
+                recorder=self.recorder,
+                on_done=self.on_done,
+                pipeline=pipeline,
+                on_prefilled=on_prefilled,
+                speed=speed,
+            ))
+        if pipeline is None:
+            return engines[0]
+        return VirtualEngines(index, engines, pipeline, speed)
+
+    def on_done(self, request: Request) -> None:
+        """A request finished or was rejected."""
+        self._num_done += 1
+        self._on_done(request)
+        if self._num_done == self.expected_requests and not self.all_done.triggered:
+            self.all_done.succeed()
+
+    # ---- arrivals ----
+
+    def _rejection(self, prompt_tokens: int, output_tokens: int) -> str | None:
+        code = rejection_codes(self.deployment, prompt_tokens, output_tokens)
+        total = prompt_tokens + output_tokens
+        if code == TOO_LONG:
+            return f"prompt + output = {total} tokens exceeds max_model_len {self.max_model_len}"
+        if code == TOO_BIG:
+            blocks = math.ceil((total - 1) / self.block_size)
+            return f"needs {blocks} KV blocks; the whole cache holds {self.num_kv_blocks}"
+        return None
+
+    def arrive(self, request_id: int, prompt_tokens: int, output_tokens: int,
+               route: int | None = None,
+               attributes: tuple[int, float, int, int] | None = None) -> None:
+        """A request arrives now; ``route`` is its replica (-1: rejected) when the whole
+        workload was routed ahead, None to ask the router; ``attributes`` are its
+        (priority, ttft_slo_s, prefix_id, prefix_tokens), None for the defaults."""
+        now = self.env.now
+        request = Request(request_id, now, prompt_tokens)
+        if attributes is not None:
+            priority, ttft_slo_s, prefix_id, prefix_tokens = attributes
+            assert 0 <= prefix_tokens <= prompt_tokens, (request_id, prefix_tokens)
+            request.priority = priority
+            request.ttft_slo_s = ttft_slo_s
+            request.prefix_id = prefix_id
+            request.prefix_tokens = prefix_tokens if prefix_id >= 0 else 0
+        slo_s = self.slo_ttft_s if math.isnan(request.ttft_slo_s) else request.ttft_slo_s
+        request.deadline_s = now + slo_s
+        reason = self._rejection(prompt_tokens, output_tokens)
+        if reason is not None:
+            assert route is None or route < 0
+            self.recorder.request_rejected(request, output_tokens, reason)
+            self.on_done(request)
+            return
+        if route is None:
+            pool = self._entry_active
+            route = pool[self.router.route(request, pool)].index
+        self._by_index[route].submit(request, output_tokens)
+
+    # ---- disaggregated serving ----
+
+    def _hand_off(self, source: Replica, request: Request, output_tokens: int) -> None:
+        """A prefill replica computed ``request``'s prompt and first token: send its KV
+        to a decode replica over the source's link (queued behind earlier sends)."""
+        self.env.process(self._send(source, request, output_tokens))
+
+    def _send(self, source: Replica, request: Request, output_tokens: int
+              ) -> Generator[simpy.Event, Any, None]:
+        group = self.deployment.group_of(source.index)
+        start_s = self.env.now
+        with self._links[source.index].request() as link:
+            yield link
+            yield self.env.timeout(kv_transfer_s(group, self.deployment,
+                                                 request.num_computed_tokens))
+        source.release_sent(request)
+        now = self.env.now
+        # The first token reaches the client with the hand-over (DistServe, Splitwise).
+        request.first_token_s = request.last_token_s = now
+        request.kv_transfer_s = now - start_s
+        pool = self._decode_active
+        target = pool[self.decode_router.route(request, pool)]
+        target.submit_prefilled(request, output_tokens)
+
+    # ---- autoscaling ----
+
+    def start_autoscalers(self) -> None:
+        for group in self.deployment.groups:
+            if group.autoscale is not None:
+                self.env.process(self._autoscale(group, group.autoscale))
+
+    def _autoscale(self, group: ReplicaGroup, config: AutoscaleConfig
+                   ) -> Generator[simpy.Event, Any, None]:
+        """Every ``interval_s``, Kubernetes' HPA rule: ceil(active x metric / target)
+        replicas within [min, max], no change while the metric is within 10% of the
+        target, and a removal only when every recommendation of the last ``cooldown_s``
+        asked for fewer (HPA's scale-down stabilization window). New replicas serve
+        after ``startup_s``; removed ones take no new requests and stop once they have
+        finished what they hold."""
+        members = [self._by_index[i] for i in group.replica_indices]
+        starting: list[Replica | VirtualEngines] = []
+        draining: list[Replica | VirtualEngines] = []
+        history: list[tuple[float, int]] = []  # (time, recommendation)
+        for replica in members:
+            if replica.index in self._active:
+                self.recorder.scaling_event(0.0, replica.index, "ready")
+        while True:
+            yield self.env.timeout(config.interval_s)
+            now = self.env.now
+            for replica in list(draining):
+                if replica.num_running + replica.num_waiting == 0 and not _sending(replica):
+                    draining.remove(replica)
+                    self.recorder.scaling_event(now, replica.index, "stop")
+            active = [r for r in members if r.index in self._active]
+            ratio = _scaling_metric(config.metric, active) / config.target
+            desired = len(active) if abs(ratio - 1.0) <= HPA_TOLERANCE else math.ceil(
+                len(active) * ratio - 1e-9)
+            desired = max(config.min_replicas, min(config.max_replicas, desired))
+            history.append((now, desired))
+            history = [(t, d) for t, d in history if t >= now - config.cooldown_s]
+            provisioned = len(active) + len(starting)
+            if desired > provisioned:
+                idle = [r for r in members if r.index not in self._active
+                        and r not in starting and r not in draining]
+                for replica in idle[: desired - provisioned]:
+                    starting.append(replica)
+                    self.recorder.scaling_event(now, replica.index, "start")
+                    self.env.process(self._start(replica, config.startup_s, starting))
+                continue
+            keep = max(d for _, d in history)
+            if keep < len(active) and not starting:
+                for replica in active[keep - len(active):]:
+                    self._set_active(replica, False)
+                    draining.append(replica)
+                    self.recorder.scaling_event(now, replica.index, "drain")
+
+    def _start(self, replica: Replica | VirtualEngines, startup_s: float,
+               starting: list[Replica | VirtualEngines]) -> Generator[simpy.Event, Any, None]:
+        yield self.env.timeout(startup_s)
+        starting.remove(replica)
+        self._set_active(replica, True)
+        self.recorder.scaling_event(self.env.now, replica.index, "ready")
+
+    def _set_active(self, replica: Replica | VirtualEngines, active: bool) -> None:
+        if active:
+            self._active.add(replica.index)
+        else:
+            self._active.discard(replica.index)
+        self._entry_active = [r for r in self.entry if r.index in self._active]
+        self._decode_active = [r for r in self.decode if r.index in self._active]
+
+    # ---- the end ----
+
+    def finish(self) -> None:
+        """At the stop: report what is in flight and check every replica's books."""
+        for replica in self.replicas:
+            replica.record_in_flight()
+            replica.check_invariants()
+
+
+def _sending(replica: Replica | VirtualEngines) -> bool:
+    engines = replica.engines if isinstance(replica, VirtualEngines) else (replica,)
+    return any(e.num_sending for e in engines)
+
+
+def _scaling_metric(metric: str, active: Sequence[Replica | VirtualEngines]) -> float:
+    """The autoscaler's reading over the active replicas (0 with none)."""
+    if not active:
+        return 0.0
+    if metric == "queue_length":
+        return sum(r.num_waiting for r in active) / len(active)
+    return sum(max(r.num_blocks_used / r.num_kv_blocks, r.num_running / r.max_num_seqs)
+               for r in active) / len(active)
+
+
+def _relative_speeds(deployment: Deployment) -> dict[str, float]:
+    """Each group's replica speed relative to the fastest group's (reference iteration
+    ``ROUTING_REFERENCE_SHAPE``; a pipeline's throughput is its slowest stage's)."""
+    seconds = {}
+    for group in deployment.groups:
+        shapes = [stage.iteration(*ROUTING_REFERENCE_SHAPE)[0] for stage in group.stages]
+        seconds[group.name] = max(shapes) / group.layout.attention_data_parallel
+    fastest = min(seconds.values())
+    return {name: fastest / s for name, s in seconds.items()}
+
+
+HPA_TOLERANCE = 0.1
+"""The autoscaler leaves the replica count alone while metric / target is within this of
+1 (Kubernetes HPA's default --horizontal-pod-autoscaler-tolerance)."""
+
+TOO_LONG, TOO_BIG = 1, 2
+
+
+def rejection_codes(deployment: Deployment, prompt_tokens: Any, output_tokens: Any) -> Any:
+    """Per request: 0 accepted, ``TOO_LONG`` (over max_model_len) or ``TOO_BIG`` (more
+    KV than the smallest replica's whole cache). The one statement of the admission rule,
+    for ints (one arrival, no numpy overhead) and arrays (routing ahead) alike."""
+    total = prompt_tokens + output_tokens
+    too_long = total > deployment.max_model_len
+    # The last output token is never fed back, so its KV is never stored.
+    blocks = -(-(total - 1) // deployment.scenario.engine.block_size_tokens)
+    too_big = blocks > deployment.min_kv_blocks
+    return too_long * TOO_LONG + (too_big > too_long) * TOO_BIG  # too big, not too long

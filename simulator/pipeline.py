@@ -1,0 +1,100 @@
+"""Pipeline parallelism: stages as SimPy resources, micro-batches in flight.
+
+A pipeline-parallel replica splits the layers into ``p`` consecutive stages, each on its
+own tensor-parallel group. As vLLM's virtual engines do, it runs ``p`` schedulers (each
+a ``Replica`` with its own requests and 1/p of the KV blocks) whose batches travel the
+stages in turn: a batch holds a stage while that stage computes its layers, then sends
+its activations to the next. Up to ``p`` batches are in flight, one per stage, so the
+stages stay busy except for the bubbles left when batches differ in size or a
+scheduler has nothing to run.
+
+A batch's iteration time is the sum of its stages' compute, the sends between them and
+its waits for stages held by other batches; the iteration frame records the waits and
+sends (``pipeline_wait_s``, ``pipeline_transfer_s``) so the bubbles show.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from typing import Any
+
+import simpy
+
+from hardware.topology import Topology
+from simulator.clock import on_grid
+from simulator.cost import CostModel
+from simulator.dtypes import BYTES_PER_ELEMENT
+
+
+class Pipeline:
+    """The stages of one replica, shared by its virtual engines.
+
+    ``stages[i]`` prices stage i's layers (the first embeds, the last samples);
+    ``overhead_s`` is the driver's CPU time per micro-batch, paid before it enters the
+    first stage without holding any stage.
+    """
+
+    def __init__(self, env: simpy.Environment, stages: Sequence[CostModel], overhead_s: float,
+                 topology: Topology) -> None:
+        self.env = env
+        self.stages = tuple(stages)
+        self.resources = [simpy.Resource(env, capacity=1) for _ in self.stages]
+        self.overhead_s = on_grid(overhead_s)
+        head = self.stages[0]
+        # Stage i sits on devices [i * tp, (i + 1) * tp) of the replica, nodes filled in
+        # order: a send crosses nodes when the two stages' first devices do.
+        tp = head.tensor_parallel * head.attention_data_parallel
+        per_node = topology.devices_per_node
+        self._crosses = [(i * tp) // per_node != ((i + 1) * tp) // per_node
+                         for i in range(len(self.stages) - 1)]
+        # Hidden states and the residual go to the next stage, 16-bit, split over the
+        # sending group's devices (vLLM sends each TP rank's share and all-gathers).
+        act_bytes = BYTES_PER_ELEMENT["bf16"]
+        self._send_bytes_per_token = 2 * head.model.hidden_size * act_bytes / tp
+        self._topology = topology
+        self.busy_s = [0.0] * len(self.stages)
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stages)
+
+    def price(self, prefill_tokens: Sequence[int], prefill_context_tokens: Sequence[int],
+              num_decode_seqs: int, decode_context_tokens: float
+              ) -> tuple[list[float], float, float, float]:
+        """(seconds per stage, seconds per send between stages, flops, hbm bytes) of one
+        micro-batch; flops and bytes are summed over the stages (per device of each)."""
+        stage_s = []
+        flops = hbm = 0.0
+        for stage in self.stages:
+            s, f, b = stage.iteration(prefill_tokens, prefill_context_tokens, num_decode_seqs,
+                                      decode_context_tokens)
+            stage_s.append(on_grid(float(s)))
+            flops += f
+            hbm += b
+        tokens = sum(prefill_tokens) + num_decode_seqs
+        send_bytes = tokens * self._send_bytes_per_token
+        send_s = max((float(self._topology.send_s(send_bytes, crosses))
+                      for crosses in self._crosses), default=0.0)
+        return stage_s, on_grid(send_s), flops, hbm
+
+    def traverse(self, stage_s: Sequence[float], send_s: float
+                 ) -> Generator[simpy.Event, Any, tuple[float, float]]:
+        """Run one micro-batch through every stage; returns (seconds spent waiting for
+        stages held by other micro-batches, seconds spent in sends between stages)."""
+        env = self.env
+        wait_s = transfer_s = 0.0
+        if self.overhead_s:
+            yield env.timeout(self.overhead_s)
+        last = len(self.resources) - 1
+        for i, (resource, seconds) in enumerate(zip(self.resources, stage_s, strict=True)):
+            with resource.request() as slot:
+                asked = env.now
+                yield slot
+                wait_s += env.now - asked
+                yield env.timeout(seconds)
+                self.busy_s[i] += seconds
+            if i < last and send_s:
+                yield env.timeout(send_s)
+                transfer_s += send_s
+        return wait_s, transfer_s
+
