@@ -8,6 +8,7 @@ devices is rejected here, with the numbers that show why.
 from __future__ import annotations
 
 import itertools
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,8 @@ from simulator.scenario import (
     Role,
     Scenario,
 )
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,8 +171,7 @@ def stage_layer_counts(num_layers: int, layout: LayoutConfig) -> tuple[int, ...]
     return tuple(counts)
 
 
-def _check_layout(model: ModelSpec, layout: LayoutConfig, where: str,
-                  eng_fields: set[str], eng_prefix_cache: str) -> tuple[int, ...]:
+def _check_layout(model: ModelSpec, layout: LayoutConfig, where: str) -> tuple[int, ...]:
     """Refuse layouts the model cannot take; return the layers per stage."""
     tp, pp, dp = layout.tensor_parallel, layout.pipeline_parallel, layout.attention_data_parallel
     if model.num_heads % tp:
@@ -196,12 +198,6 @@ def _check_layout(model: ModelSpec, layout: LayoutConfig, where: str,
             f"{where}.{field}={getattr(layout, field)} needs a mixture-of-experts model; "
             f"{model.name} is dense (use deployment.replicas for data parallelism)"
         )
-    if (model.layer_counts().num_recurrent and "prefix_cache" in eng_fields
-            and eng_prefix_cache != "none"):
-        raise ScenarioError(
-            f"engine.prefix_cache={eng_prefix_cache!r}: {model.name} has recurrent layers, whose "
-            f"state cannot be restored from a cached prefix; set engine.prefix_cache: none"
-        )
     if layout.expert_parallel and model.num_experts % (tp * dp):
         raise ScenarioError(
             f"{where}.expert_parallel shards {model.name}'s {model.num_experts} experts over "
@@ -218,8 +214,7 @@ def _resolve_group(scenario: Scenario, model: ModelSpec, group: GroupLayout, ind
     accelerator = resolve_accelerator(
         scenario, group.accelerator, group.price_per_hour_usd,
         "hardware.accelerator" if group.accelerator is None else f"{where}.accelerator")
-    layers = _check_layout(model, layout, where, scenario.engine.model_fields_set,
-                           scenario.engine.prefix_cache)
+    layers = _check_layout(model, layout, where)
     eng = scenario.engine
     topology = Topology.from_accelerator(accelerator, efficiency.collective)
 
@@ -291,6 +286,12 @@ def resolve(scenario: Scenario) -> Deployment:
             f"{max_model_len} with chunked_prefill off, so long prompts could never be scheduled;"
             f" raise max_num_batched_tokens, lower engine.max_model_len, or enable chunked_prefill"
         )
+    if model.layer_counts().num_recurrent and eng.prefix_cache != "none":
+        # As vLLM does: a recurrent layer's state after a prefix is not in any KV block,
+        # so cached blocks could not resume it. The engine runs without prefix caching.
+        logger.warning("%s has recurrent layers: engine.prefix_cache=%r is turned off "
+                       "(recurrent state cannot be restored from cached KV)",
+                       model.name, eng.prefix_cache)
     efficiency = resolve_efficiency(scenario)
     groups: list[ReplicaGroup] = []
     first = 0

@@ -310,7 +310,7 @@ class DeploymentConfig(LayoutConfig):
         description="Replica groups, each with its own role, accelerator and layout (fields "
         "left unset inherit this section's and hardware's); empty: `replicas` replicas of "
         "this section's layout. With groups, `replicas` and `autoscale` here are unused and "
-        "must stay unset.",
+        "must keep their defaults.",
     )
     kv_transfer: KVTransferConfig = Field(
         default_factory=KVTransferConfig,
@@ -321,8 +321,9 @@ class DeploymentConfig(LayoutConfig):
     def _check_groups(self) -> DeploymentConfig:
         if not self.groups:
             return self
-        for name in ("replicas", "autoscale"):
-            if name in self.model_fields_set:
+        # Their defaults pass, so a dumped scenario (every field written) reloads.
+        for name, default in (("replicas", 1), ("autoscale", None)):
+            if getattr(self, name) != default:
                 raise ValueError(
                     f"deployment.{name} is set together with deployment.groups; give each "
                     f"group its own {name}"

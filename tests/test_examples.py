@@ -76,3 +76,31 @@ def test_readme_plan_and_sweep_files_run(tmp_path, capsys):
     assert main(["sweep", str(EXAMPLES / "sweep.yaml"), "--executor", "inprocess",
                  "--out", str(table)]) == 0
     assert len(pd.read_parquet(table)) == 2 * 3 * 3
+
+
+@pytest.mark.parametrize("path", sorted((EXAMPLES / "layouts").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_every_layout_example_runs_end_to_end(path):
+    from simulator import Scenario, simulate
+
+    scenario = Scenario.from_yaml(path)
+    small = scenario.with_overrides(["stop.duration_s=120"] if scenario.stop.duration_s
+                                    else ["stop.num_requests=60"])
+    results = simulate(small)
+    summary = results.summary()
+    assert summary["num_finished"] > 0 and summary["num_rejected"] == 0
+    assert summary["cost_usd"] > 0
+
+
+def test_layouts_example_answers_point_the_physical_way():
+    import layouts
+
+    dense = layouts.dense_70b(num_requests=200)
+    # One TP8 replica decodes each token fastest; four TP2 replicas hold the least KV.
+    assert dense["tpot_p50_s"].idxmin() == "TP8 x 1"
+    assert dense["ttft_p99_s"].idxmax() == "TP2 x 4 replicas"
+    disagg = layouts.disaggregation(num_requests=200)
+    assert disagg.loc["1P1D TP4", "tpot_p99_s"] < disagg.loc["aggregated 2 x TP4", "tpot_p99_s"]
+    moe = layouts.moe_expert_parallel(num_requests=200)
+    assert (moe.loc["EP4, Zipf 1.2 routing", "tpot_p50_s"]
+            > moe.loc["EP4, uniform routing", "tpot_p50_s"])
