@@ -2,8 +2,9 @@
 
 Configs are pydantic models discriminated on ``kind`` (see :mod:`workloads.config`);
 :func:`open_loop_requests` turns an open-loop workload into arrays of requests and
-:func:`read_trace` loads a CSV or JSONL trace. Closed-loop arrivals are driven by the
-engine. Code inside the project imports from the submodules, not from here.
+:func:`read_trace` loads a CSV or JSONL trace; :func:`apply_transforms` applies input
+transforms (prompt compression, retrieval, Skeleton-of-Thought). Closed-loop arrivals
+are driven by the engine. Code inside the project imports from the submodules, not from here.
 """
 
 from workloads.config import (
@@ -13,6 +14,7 @@ from workloads.config import (
     DiurnalArrivals,
     FixedLength,
     GammaArrivals,
+    InputTransform,
     LengthDist,
     LogNormalLength,
     MMPPArrivals,
@@ -21,10 +23,13 @@ from workloads.config import (
     OfflineArrivals,
     OpenLoopArrivals,
     PoissonArrivals,
+    PromptCompression,
     RateModulatedArrivals,
+    Retrieval,
     ScheduleArrivals,
     ScheduleSegment,
     Sessions,
+    SkeletonOfThought,
     SyntheticWorkload,
     TraceWorkload,
     UniformLength,
@@ -33,6 +38,7 @@ from workloads.config import (
 )
 from workloads.generate import RequestArrays, open_loop_arrival_times, open_loop_requests
 from workloads.trace import read_trace
+from workloads.transforms import apply_transforms
 
 __all__ = [
     "ArrivalProcess",
@@ -41,6 +47,7 @@ __all__ = [
     "DiurnalArrivals",
     "FixedLength",
     "GammaArrivals",
+    "InputTransform",
     "LengthDist",
     "LogNormalLength",
     "MMPPArrivals",
@@ -49,16 +56,20 @@ __all__ = [
     "OfflineArrivals",
     "OpenLoopArrivals",
     "PoissonArrivals",
+    "PromptCompression",
     "RateModulatedArrivals",
     "RequestArrays",
+    "Retrieval",
     "ScheduleArrivals",
     "ScheduleSegment",
     "Sessions",
+    "SkeletonOfThought",
     "SyntheticWorkload",
     "TraceWorkload",
     "UniformLength",
     "WorkloadConfig",
     "ZipfLength",
+    "apply_transforms",
     "open_loop_arrival_times",
     "open_loop_requests",
     "read_trace",

@@ -375,6 +375,140 @@ ArrivalProcess = Annotated[
 """How requests arrive, chosen by ``kind``."""
 
 
+# ---------------------------------------------------------------- input transforms
+
+
+class PromptCompression(BaseModel):
+    """Prompt compression before serving (LLMLingua, LongLLMLingua, LLMLingua-2): a small
+    model reads each prompt and drops tokens, and the engine serves the shorter prompt.
+
+    Set exactly one of ``ratio`` (a prompt of p tokens becomes ceil(p / ratio)) and
+    ``target_tokens`` (min(p, target_tokens)); a prompt never drops below 1 token. The
+    compressor's time, ``compressor_fixed_s + compressor_s_per_token * p`` for the p
+    tokens it reads, passes before the request reaches the engine. A shortened prompt
+    loses its shared prefix (its ``prefix_id`` becomes -1): compression rewrites the
+    prefix too, so its KV can no longer be shared. Only token counts and time are
+    modelled, not what compression does to answer quality.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["prompt_compression"] = Field(
+        default="prompt_compression", description=_KIND_DESC
+    )
+    ratio: float | None = Field(
+        default=None, ge=1,
+        description="Compression ratio (>= 1): a prompt of p tokens becomes ceil(p / ratio) "
+        "tokens; every prompt goes through the compressor. None: use target_tokens.",
+    )
+    target_tokens: int | None = Field(
+        default=None, ge=1,
+        description="Token budget: a longer prompt is cut to this many tokens; a prompt "
+        "already within it is passed on unread (no compressor time). None: use ratio.",
+    )
+    compressor_s_per_token: float = Field(
+        ge=0,
+        description="Compressor time per prompt token it reads (s/token). No default: it "
+        "depends on the compressor model and its hardware (docs/workloads.md works one out).",
+    )
+    compressor_fixed_s: float = Field(
+        ge=0,
+        description="Compressor time per compressed request besides the per-token part (s): "
+        "the call, tokenising, detokenising.",
+    )
+
+    @model_validator(mode="after")
+    def _check_one_mode(self) -> PromptCompression:
+        if (self.ratio is None) == (self.target_tokens is None):
+            raise ValueError(
+                f"set exactly one of ratio ({self.ratio}) and target_tokens "
+                f"({self.target_tokens})"
+            )
+        return self
+
+
+class Retrieval(BaseModel):
+    """Retrieval-augmented generation: before the request reaches the engine, a
+    retriever takes ``latency_s`` and adds retrieved passages to its prompt.
+
+    The retrieved tokens go after the request's shared prefix (a system prompt stays
+    first and shareable) and before the user's own prompt; their count is drawn per
+    request from ``retrieved_tokens``. Only token counts and time are modelled, not what
+    is retrieved or how relevant it is.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["retrieval"] = Field(default="retrieval", description=_KIND_DESC)
+    retrieved_tokens: LengthDist = Field(
+        description="Tokens of retrieved context added to each prompt (a length "
+        "distribution, drawn per request)."
+    )
+    latency_s: float = Field(
+        ge=0,
+        description="Retrieval time per request (s): embedding the query, the vector search "
+        "and fetching the passages, before the request reaches the engine.",
+    )
+
+
+class SkeletonOfThought(BaseModel):
+    """Skeleton-of-Thought (Ning et al., ICLR 2024): each request first asks for a
+    skeleton of its answer, then expands each of its ``num_points`` points in a request
+    of its own, all issued when the skeleton is done.
+
+    A request with prompt p and output o becomes a skeleton request (prompt p +
+    ``skeleton_prompt_tokens``, output ``skeleton_tokens``) followed by ``num_points``
+    point requests (prompt p + ``point_prompt_tokens`` + ``skeleton_tokens``, output
+    ceil(o / num_points)). It must be the last transform.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["skeleton_of_thought"] = Field(
+        default="skeleton_of_thought", description=_KIND_DESC
+    )
+    num_points: int = Field(
+        ge=1, description="Points in each skeleton: point-expansion requests per request."
+    )
+    skeleton_tokens: int = Field(
+        ge=1,
+        description="Output of the skeleton request (tokens); each point request's prompt "
+        "carries the whole skeleton.",
+    )
+    skeleton_prompt_tokens: int = Field(
+        default=100, ge=0,
+        description="Instruction tokens the skeleton request adds to the prompt (about the "
+        "length of the SoT paper's skeleton template).",
+    )
+    point_prompt_tokens: int = Field(
+        default=60, ge=0,
+        description="Instruction tokens each point request adds to the prompt besides the "
+        "skeleton (about the length of the SoT paper's point-expanding template).",
+    )
+
+
+InputTransform = Annotated[
+    PromptCompression | Retrieval | SkeletonOfThought, Field(discriminator="kind")
+]
+"""A transform of the request stream between the client and the engine, chosen by
+``kind``."""
+
+_TRANSFORMS_DESC = (
+    "Input transforms applied in order to the generated or loaded requests (prompt "
+    "compression, retrieval, Skeleton-of-Thought); empty: none."
+)
+
+
+def _check_transforms(transforms: tuple[InputTransform, ...]) -> None:
+    """Skeleton-of-Thought splits requests into dependent parts, so it comes last, once."""
+    sot = [i for i, t in enumerate(transforms) if isinstance(t, SkeletonOfThought)]
+    if sot and sot != [len(transforms) - 1]:
+        raise ValueError(
+            "transforms: skeleton_of_thought must be the last transform and appear once; "
+            f"found at position(s) {sot} (from 0) of {len(transforms)} transforms"
+        )
+
+
 # ---------------------------------------------------------------- workloads
 
 
@@ -460,7 +594,8 @@ class SyntheticWorkload(BaseModel):
     requests priorities, TTFT targets and their own lengths; an optional
     ``shared_prefix`` starts prompts with shared content. Both draw from streams of
     their own, so leaving them out gives exactly the requests of a workload without
-    them. Neither is supported with closed-loop arrivals.
+    them. Neither is supported with closed-loop arrivals. ``transforms`` then change the
+    requests on their way to the engine (:mod:`workloads.transforms`).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -484,6 +619,7 @@ class SyntheticWorkload(BaseModel):
         description="Multi-turn sessions started by the arrival process; None: every "
         "arrival is one independent request.",
     )
+    transforms: tuple[InputTransform, ...] = Field(default=(), description=_TRANSFORMS_DESC)
 
     @model_validator(mode="after")
     def _check_closed_loop(self) -> SyntheticWorkload:
@@ -504,6 +640,13 @@ class SyntheticWorkload(BaseModel):
                 "prefix_id, the session's, so a tenant prompt could not be shared across "
                 "sessions (and classes are not drawn per session); drop one of them"
             )
+        if isinstance(self.arrival, ClosedLoopArrivals) and self.transforms:
+            kinds = [t.kind for t in self.transforms]
+            raise ValueError(
+                f"transforms ({kinds}) need open-loop arrivals: closed_loop clients draw "
+                "their requests during the run; use an open-loop arrival kind, or drop them"
+            )
+        _check_transforms(self.transforms)
         return self
 
 
@@ -525,7 +668,8 @@ class TraceWorkload(BaseModel):
     request arrives at t = 0, then divided by ``time_scale``. Optional columns give
     each request a priority, a TTFT target and a shared prefix; columns not named are
     ignored. The file is read by :func:`workloads.trace.read_trace`, not when the
-    config is built.
+    config is built. ``transforms`` then change the requests on their way to the engine
+    (:mod:`workloads.transforms`).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -609,6 +753,7 @@ class TraceWorkload(BaseModel):
         description="sharegpt only: a tiktoken encoding or Hugging Face tokenizer name to count "
         "tokens with; None: about 4 characters per token.",
     )
+    transforms: tuple[InputTransform, ...] = Field(default=(), description=_TRANSFORMS_DESC)
 
     def columns(self) -> dict[str, str]:
         """The columns this config reads: field name -> column name, the three required
@@ -635,6 +780,7 @@ class TraceWorkload(BaseModel):
                 f"({self.prefix_tokens_column!r}) go together: set both or neither"
             )
         self._check_format_fields()
+        _check_transforms(self.transforms)
         return self
 
     def _check_format_fields(self) -> None:

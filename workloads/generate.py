@@ -31,6 +31,7 @@ from workloads.config import (
     TraceWorkload,
 )
 from workloads.trace import RequestArrays, load_trace
+from workloads.transforms import apply_transforms
 
 __all__ = ["RequestArrays", "open_loop_arrival_times", "open_loop_requests"]
 
@@ -66,6 +67,12 @@ def open_loop_requests(
     once, and is added to the request's sampled prompt length. With ``sessions``, the
     arrival process starts sessions and the bounds count turns (see :func:`_sessions`).
 
+    ``transforms`` apply last, to the requests within the bounds (so the bounds count
+    client requests, not the parts Skeleton-of-Thought splits them into), drawing from
+    one more child spawned from ``rng`` after all the others, and only when there are
+    transforms (see :func:`workloads.transforms.apply_transforms`). A trace's transforms
+    draw the same way, after its reader's two children.
+
     Raises TypeError for a closed-loop workload and ValueError for missing or invalid
     bounds or a bad trace file.
     """
@@ -84,8 +91,9 @@ def open_loop_requests(
     )
     if workload.sessions is not None:
         (session_rng,) = rng.spawn(1)
-        return _sessions(workload, workload.sessions, arrival_s, prompt_rng, output_rng,
-                         session_rng, num_requests, duration_s)
+        requests = _sessions(workload, workload.sessions, arrival_s, prompt_rng, output_rng,
+                             session_rng, num_requests, duration_s)
+        return _transformed(requests, workload, rng)
     n = len(arrival_s)
     requests = RequestArrays(
         arrival_s,
@@ -96,7 +104,18 @@ def open_loop_requests(
         requests = _with_classes(requests, workload.classes, class_rng)
     if workload.shared_prefix is not None:
         requests = _with_prefixes(requests, workload.shared_prefix, prefix_rng)
-    return requests
+    return _transformed(requests, workload, rng)
+
+
+def _transformed(requests: RequestArrays, workload: SyntheticWorkload | TraceWorkload,
+                 rng: np.random.Generator) -> RequestArrays:
+    """``requests`` after the workload's transforms, which draw from one child spawned
+    from ``rng`` last, and only when there are transforms (so a workload without them
+    draws exactly as before they existed)."""
+    if not workload.transforms:
+        return requests
+    (transform_rng,) = rng.spawn(1)
+    return apply_transforms(requests, workload.transforms, transform_rng)
 
 
 def open_loop_arrival_times(
@@ -219,15 +238,16 @@ def _with_prefixes(requests: RequestArrays, shared: SharedPrefix,
 def trace_requests(workload: TraceWorkload, *, num_requests: int | None,
                    duration_s: float | None, rng: np.random.Generator
                    ) -> tuple[RequestArrays, str]:
-    """A trace's requests within the bounds, and what was kept and dropped, in words:
-    the reader's report (rows filtered and why) and the rows the bounds cut."""
+    """A trace's requests within the bounds, after the workload's transforms, and what
+    was kept and dropped, in words: the reader's report (rows filtered and why) and the
+    rows the bounds cut (counted before transforms)."""
     loaded = load_trace(workload, rng)
     requests = _truncate(loaded.requests, num_requests, duration_s)
     report = loaded.report.summary()
     cut = len(loaded.requests.arrival_s) - len(requests.arrival_s)
     if cut:
         report += f"; {cut} more after the stop bound (stop.num_requests / stop.duration_s)"
-    return requests, report
+    return _transformed(requests, workload, rng), report
 
 
 def _truncate(

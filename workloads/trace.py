@@ -32,6 +32,7 @@ from workloads.readers import (
 )
 
 __all__ = [
+    "Dependencies",
     "LoadedTrace",
     "RequestArrays",
     "TraceReport",
@@ -47,6 +48,20 @@ logger = logging.getLogger(__name__)
 _MAX_TOKENS = 2**53  # largest integer a float64 holds exactly
 
 
+class Dependencies(NamedTuple):
+    """How requests reach the engine (:meth:`RequestArrays.dependencies`): one entry per
+    row, every column filled (defaults where the workload sets none)."""
+
+    depends_on: np.ndarray
+    """int64 row that must finish before this one is issued; -1: none."""
+    group_id: np.ndarray
+    """int64 row of the first part of the client request this row belongs to (its own
+    row for a request that was not split)."""
+    preprocess_s: np.ndarray
+    """float64 seconds from issue (the client's arrival, or the parent's finish) to the
+    engine."""
+
+
 class RequestArrays(NamedTuple):
     """A stream of requests as equal-length columns, in arrival order.
 
@@ -54,6 +69,14 @@ class RequestArrays(NamedTuple):
     ``prompt_tokens`` and ``output_tokens`` are int64 and >= 1; the optional columns
     are None or arrays of the same length. Row ``i`` of each array describes request
     ``i``.
+
+    ``arrival_s`` is when the client sent the request. Input transforms
+    (:mod:`workloads.transforms`) may set the last three columns: a row with no parent
+    reaches the engine at ``arrival_s + preprocess_s``; a row whose ``depends_on`` is
+    set is issued when that parent row finishes and reaches the engine
+    ``preprocess_s`` later (its ``arrival_s`` is the parent's, a placeholder that keeps
+    the rows sorted). Parents come before their dependents, and every row of a group
+    after the group's first row.
     """
 
     arrival_s: np.ndarray
@@ -67,12 +90,44 @@ class RequestArrays(NamedTuple):
     """int64 shared-prefix content id per request (-1: none); see ``Request.prefix_id``."""
     prefix_tokens: np.ndarray | None = None
     """int64 tokens of the prompt that are the ``prefix_id`` content (<= prompt)."""
+    depends_on: np.ndarray | None = None
+    """int64 row of the request that must finish before this one is issued (-1: none,
+    issued at ``arrival_s``); None: no row depends on another."""
+    group_id: np.ndarray | None = None
+    """int64 row of the first part of the client request this row is part of (its own
+    row for a request not split); None: every row is its own group."""
+    preprocess_s: np.ndarray | None = None
+    """float64 seconds from issue to the engine (compression, retrieval); None: all 0."""
 
     def take(self, index: np.ndarray | slice) -> RequestArrays:
-        """The requests at ``index`` (a slice or integer array), every column alike."""
+        """The requests at ``index`` (a slice, integer array or boolean mask), every
+        column alike; ``depends_on`` and ``group_id`` are renumbered to the new rows.
+
+        Raises ValueError when a taken row's parent or group's first row is not taken
+        (a dependency would be lost)."""
         a, p, o, *optional = self
-        return RequestArrays(a[index], p[index], o[index],
-                             *(None if c is None else c[index] for c in optional))
+        taken = RequestArrays(a[index], p[index], o[index],
+                              *(None if c is None else c[index] for c in optional))
+        if self.depends_on is None and self.group_id is None:
+            return taken
+        n = len(self.arrival_s)
+        old = np.arange(n)[index]  # each taken row's old number
+        new = np.full(n, -1, dtype=np.int64)  # old number -> new number (-1: not taken)
+        new[old] = np.arange(len(old))
+        renumbered: dict[str, np.ndarray] = {}
+        for field in ("depends_on", "group_id"):
+            rows = getattr(taken, field)
+            if rows is None:
+                continue
+            linked = rows >= 0
+            renumbered[field] = np.where(linked, new[np.where(linked, rows, 0)], -1)
+            lost = np.flatnonzero(linked & (renumbered[field] < 0))
+            if len(lost):
+                raise ValueError(
+                    f"take: row {int(old[lost[0]])} is taken but its {field} row "
+                    f"{int(rows[lost[0]])} is not; take whole groups"
+                )
+        return taken._replace(**renumbered)
 
     def attributes(self) -> list[tuple[int, float, int, int]] | None:
         """Per request (priority, ttft_slo_s, prefix_id, prefix_tokens) as Python values,
@@ -85,6 +140,19 @@ class RequestArrays(NamedTuple):
                     np.zeros(n, np.int64))
         columns = [d if c is None else c for c, d in zip(optional, defaults, strict=True)]
         return list(zip(*(c.tolist() for c in columns), strict=True))
+
+    def dependencies(self) -> Dependencies | None:
+        """The columns saying how each row reaches the engine, defaults filled in
+        (depends_on -1, group_id its own row, preprocess_s 0), or None when none is set
+        (every request then reaches the engine at its ``arrival_s``). Reads only."""
+        if self.depends_on is None and self.group_id is None and self.preprocess_s is None:
+            return None
+        n = len(self.arrival_s)
+        return Dependencies(
+            np.full(n, -1, np.int64) if self.depends_on is None else self.depends_on,
+            np.arange(n, dtype=np.int64) if self.group_id is None else self.group_id,
+            np.zeros(n) if self.preprocess_s is None else self.preprocess_s,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,6 +50,13 @@ def test_every_kind_has_a_snippet() -> None:
     }
 
 
+def test_every_input_transform_has_a_snippet() -> None:
+    snippets = [yaml.safe_load(s) for s in blocks("yaml")]
+    kinds = {t["kind"] for d in snippets if "workload" in d
+             for t in d["workload"].get("transforms", [])}
+    assert kinds == {"prompt_compression", "retrieval", "skeleton_of_thought"}
+
+
 def test_python_snippet_runs() -> None:
     for snippet in blocks("python"):
         namespace: dict[str, object] = {}
