@@ -116,7 +116,7 @@ def gemm_seconds(accelerator: AcceleratorSpec, efficiency: EfficiencyProfile,
     """The cost model's time for one ``[m, k] x [k, n]`` GEMM in ``dtype`` on a device
     with ``efficiency``: what a profile predicts for a measured shape."""
     probe = _probe(accelerator, efficiency, dtype=dtype)
-    return float(probe._gemm(m, k, n, BYTES_PER_ELEMENT[dtype]).seconds)
+    return float(probe._gemm(m, k, n, dtype).seconds)
 
 
 def fit_gemm(points: list[MeasuredPoint], accelerator: AcceleratorSpec, dtype: ComputeDType

@@ -124,6 +124,35 @@ class HostLinkEfficiency(_Frozen):
     latency_s: float = Field(ge=0, description="Fixed cost per copy, seconds.")
 
 
+class WeightOnlyGemmEfficiency(_Frozen):
+    """Weight-only quantised GEMMs (int4/int8 weights with 16-bit activations: Marlin,
+    AWQ, Machete; fp8 weights on a part without an fp8 rate): weights are widened to 16
+    bits in registers and multiplied on the 16-bit tensor cores, so these GEMMs use the
+    16-bit efficiencies plus the dequantisation work priced here."""
+
+    tile_rows: int = Field(
+        # Marlin runs thread blocks of at most 4 x 16 = 64 activation rows; a larger batch
+        # is processed as repeated 64-row slices, each dequantising the weights again
+        # (IST-DASLab/marlin marlin_cuda_kernel.cu, thread_m_blocks <= 4, 'par').
+        default=64, gt=0,
+        description="Activation rows per thread-block tile; each weight is dequantised once "
+        "per tile, so ceil(M / tile_rows) times per GEMM.",
+    )
+    dequant_flops_per_weight: float = Field(
+        # Estimate. Marlin widens four int4 weights with 2 LOP3 + HSUB2 + HFMA2 and scales
+        # them with 2 HMUL2: ~1.5 CUDA-core instructions per weight. An H100 SM issues 128
+        # thread-instructions per clock against 4096 dense bf16 tensor FLOPs, so unhidden
+        # that is 1.5 x 4096 / 128 = 48 FLOP-equivalents per weight per tile (37.5% on top
+        # of a full 64-row tile's 128). Kernels overlap it with the MMAs (Marlin's README;
+        # Machete "matches compute-bound" FP16 on Hopper, Neural Magic 2024), so a third
+        # of it is kept: 16, i.e. 12.5% over bf16 at large M.
+        default=16.0, ge=0,
+        description="Dequantisation work per weight element per tile, in tensor-core FLOP "
+        "equivalents (charged at the GEMM's compute efficiency; not counted as FLOPs). At "
+        "large M a weight-only GEMM takes 1 + this / (2 tile_rows) times the 16-bit one.",
+    )
+
+
 class EfficiencyProfile(_Frozen):
     """All op classes' efficiencies for one device (catalog default or calibrated)."""
 
@@ -140,6 +169,11 @@ class EfficiencyProfile(_Frozen):
         # Gen4 x16's 32 GB/s in CUDA's bandwidthTest); ~10 us to launch a copy.
         default_factory=lambda: HostLinkEfficiency(bandwidth_frac=0.8, latency_s=10e-6),
         description="Device-host copies (KV swap).",
+    )
+    weight_only: WeightOnlyGemmEfficiency = Field(
+        default_factory=WeightOnlyGemmEfficiency,
+        description="Dequantisation cost of weight-only quantised GEMMs (int4/int8 weights, "
+        "16-bit compute).",
     )
 
     def gemm_for(self, dtype: ComputeDType) -> GemmEfficiency:

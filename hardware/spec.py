@@ -25,6 +25,11 @@ class AcceleratorSpec(BaseModel):
     peak_tflops: dict[ComputeDType, float] = Field(
         description="Dense (no sparsity) peak rate per compute dtype, TFLOP/s (or TOP/s for int8)."
     )
+    structured_sparsity: bool = Field(
+        default=False,
+        description="Tensor cores run 2:4 structured-sparse GEMMs at twice the dense rate "
+        "(NVIDIA Ampere and later, AMD CDNA 3); false: a 2:4 model computes at the dense rate.",
+    )
     intra_node_gb_per_s: float = Field(
         gt=0,
         description="Device-to-device bandwidth inside a node (NVLink/xGMI, or PCIe), "

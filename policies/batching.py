@@ -29,13 +29,6 @@ def _blocks_for(request: Request, tokens: int, block: int) -> int:
     return math.ceil((request.num_computed_tokens + tokens) / block)
 
 
-def _decode_blocks(view: ReplicaView, request: Request) -> int:
-    """Blocks a decoding request needs for its next token (0 or 1)."""
-    return 1 if view.num_blocks_held(request) * view.block_size_tokens <= view.num_computed(
-        request
-    ) else 0
-
-
 def chunker(chunked: bool, threshold: int | None = None) -> Chunker:
     """Chunked: as many tokens as the budget (and ``threshold``) allow. Whole: the rest of
     the prompt if it fits the budget, else nothing."""
@@ -84,17 +77,17 @@ class _Planner:
         # Its own blocks come free; cached ones it shares may stay referenced by others.
         self.free += self.view.num_blocks_held(victim) - victim.shared_blocks
         if self.num_decode and self.view.is_decoding(victim):
-            # It no longer decodes this iteration: give back its token and block.
+            # It no longer decodes this iteration: give back its tokens and blocks.
             self.num_decode -= 1
-            self.budget += 1
-            self.free += _decode_blocks(self.view, victim)
+            self.budget += self.view.decode_tokens_per_request
+            self.free += self.view.decode_blocks(victim)
 
     def reserve_decodes(self) -> None:
         """Every decoding request computes its token: take the budget and blocks for them,
         preempting from the tail until the blocks fit (vLLM's recompute preemption)."""
         view = self.view
         self.num_decode = view.num_decoding
-        self.budget -= self.num_decode
+        self.budget -= self.num_decode * view.decode_tokens_per_request
         self.free -= view.num_decode_blocks_needed()
         while self.free < 0:
             victim = self._take_victim()

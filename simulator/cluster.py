@@ -24,12 +24,15 @@ from policies.queue import QUEUE
 from policies.routing import ROUTING, RoutingPolicy
 from simulator.deployment import Deployment, ReplicaGroup, ScenarioError
 from simulator.dtypes import BYTES_PER_ELEMENT
+from simulator.optimizations import BeamSearch, ParallelSampling
 from simulator.pipeline import Pipeline
+from simulator.precision import kv_vector_bytes
 from simulator.predictor import Predictor
 from simulator.recorder import Recorder
 from simulator.replica import Replica
 from simulator.request import Request
 from simulator.scenario import AutoscaleConfig
+from simulator.speculative import SpeculativeReplica
 
 ROUTING_REFERENCE_SHAPE = ([512], [0], 32, 32 * 1024.0)
 """The iteration whose speed ranks replicas of different groups for routers: a 512-token
@@ -110,9 +113,14 @@ def kv_transfer_s(group: ReplicaGroup, deployment: Deployment, num_tokens: int) 
     # One copy of the sequence's KV, every layer; the devices holding it (a TP group per
     # stage, on one attention-DP rank) each send their share at once.
     model = group.cost.model
-    num_bytes = (num_tokens * model.kv_elements_per_token() * BYTES_PER_ELEMENT[
-        group.cost.kv_cache_dtype]
-        + model.state_elements_per_seq() * BYTES_PER_ELEMENT[group.cost.state_dtype])
+    layers = model.layer_counts().num_attention
+    # One token's cached vectors: MLA's latent, else a K and a V per KV head, each with
+    # its format's scales (an int4 cache's).
+    vectors = ((1, model.kv_latent_size) if model.is_mla
+               else (2 * model.num_kv_heads, model.head_dim))
+    per_token = layers * vectors[0] * kv_vector_bytes(group.cost.kv_cache_dtype, vectors[1])
+    num_bytes = (num_tokens * per_token
+                 + model.state_elements_per_seq() * BYTES_PER_ELEMENT[group.cost.state_dtype])
     devices = group.layout.tensor_parallel * group.layout.pipeline_parallel
     return latency_s + num_bytes / (per_device * devices)
 
@@ -134,12 +142,15 @@ class Cluster:
         """Succeeds once ``expected_requests`` requests are finished or rejected."""
         self.expected_requests: int | None = None
         self._num_done = 0
+        self._done_listeners: list[Callable[[Request], None]] = []
         self.max_model_len = deployment.max_model_len
         self.num_kv_blocks = deployment.min_kv_blocks
         self.block_size = eng.block_size_tokens
         self.slo_ttft_s = math.inf if scenario.slo.ttft_s is None else scenario.slo.ttft_s
         self._check_policies(predictor)
-        seeds = np.random.SeedSequence(scenario.seed).spawn(3)
+        # Streams: [0] workload, [1] routing, [2] policies, [3] decoding draws.
+        seeds = np.random.SeedSequence(scenario.seed).spawn(4)
+        self._decode_seeds = seeds[3].spawn(deployment.num_replicas)
         limits = eng.limits(deployment.max_model_len)
         self.router = ROUTING.build(eng.routing, limits, np.random.default_rng(seeds[1]))
         # The decode pool's router draws from its own stream (spawned from the routing one,
@@ -213,11 +224,20 @@ class Cluster:
         seeds = self._policy_seeds[index]
         # vLLM gives each virtual engine an equal share of the KV blocks.
         num_blocks = group.num_kv_blocks // num_engines
+        decoding = eng.decoding
+        width = (decoding.beam_width if isinstance(decoding, BeamSearch)
+                 else decoding.n if isinstance(decoding, ParallelSampling) else 1)
+        extra: dict[str, Any] = {}
+        kind: type[Replica] = Replica
+        if group.step is not None and group.role != "prefill":
+            kind = SpeculativeReplica
+            extra = {"step": group.step,
+                     "rng": np.random.default_rng(self._decode_seeds[index])}
         engines = []
         for v in range(num_engines):
             rng_batch, rng_queue = (np.random.default_rng(s) for s in
                                     (seeds if v == 0 else [t.spawn(1)[0] for t in seeds]))
-            engines.append(Replica(
+            engines.append(kind(
                 self.env, index, group.cost,
                 BATCHING.build(eng.batching, limits, rng_batch),
                 queue=QUEUE.build(eng.queue, limits, rng_queue),
@@ -240,6 +260,8 @@ class Cluster:
                 pipeline=pipeline,
                 on_prefilled=on_prefilled,
                 speed=speed,
+                width=width,
+                **extra,
             ))
         if pipeline is None:
             return engines[0]
@@ -249,8 +271,14 @@ class Cluster:
         """A request finished or was rejected."""
         self._num_done += 1
         self._on_done(request)
+        for listener in self._done_listeners:
+            listener(request)
         if self._num_done == self.expected_requests and not self.all_done.triggered:
             self.all_done.succeed()
+
+    def add_done_listener(self, listener: Callable[[Request], None]) -> None:
+        """Call ``listener`` with every request that finishes or is rejected."""
+        self._done_listeners.append(listener)
 
     # ---- arrivals ----
 
@@ -266,12 +294,20 @@ class Cluster:
 
     def arrive(self, request_id: int, prompt_tokens: int, output_tokens: int,
                route: int | None = None,
-               attributes: tuple[int, float, int, int] | None = None) -> None:
-        """A request arrives now; ``route`` is its replica (-1: rejected) when the whole
-        workload was routed ahead, None to ask the router; ``attributes`` are its
-        (priority, ttft_slo_s, prefix_id, prefix_tokens), None for the defaults."""
+               attributes: tuple[int, float, int, int] | None = None, *,
+               client_arrival_s: float | None = None, group_id: int = -1,
+               preprocess_s: float = 0.0) -> None:
+        """A request reaches the engine now; ``route`` is its replica (-1: rejected) when
+        the whole workload was routed ahead, None to ask the router; ``attributes`` are
+        its (priority, ttft_slo_s, prefix_id, prefix_tokens), None for the defaults.
+        With input transforms the client sent it at ``client_arrival_s`` (its latencies
+        count from then), it belongs to client request ``group_id`` and spent
+        ``preprocess_s`` being prepared."""
         now = self.env.now
-        request = Request(request_id, now, prompt_tokens)
+        request = Request(request_id, now if client_arrival_s is None else client_arrival_s,
+                          prompt_tokens)
+        request.group_id = group_id
+        request.preprocess_s = preprocess_s
         if attributes is not None:
             priority, ttft_slo_s, prefix_id, prefix_tokens = attributes
             assert 0 <= prefix_tokens <= prompt_tokens, (request_id, prefix_tokens)
@@ -280,7 +316,7 @@ class Cluster:
             request.prefix_id = prefix_id
             request.prefix_tokens = prefix_tokens if prefix_id >= 0 else 0
         slo_s = self.slo_ttft_s if math.isnan(request.ttft_slo_s) else request.ttft_slo_s
-        request.deadline_s = now + slo_s
+        request.deadline_s = request.arrival_s + slo_s  # from the client's send
         reason = self._rejection(prompt_tokens, output_tokens)
         if reason is not None:
             assert route is None or route < 0

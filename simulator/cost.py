@@ -24,7 +24,7 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -43,8 +43,32 @@ from simulator.moe import (
     experts_touched,
     max_experts_touched,
 )
+from simulator.optimizations import LowRank, Sparsity
+from simulator.precision import (
+    dequantises,
+    kv_vector_bytes,
+    layer_counts_by_dtype,
+    weight_bytes_per_element,
+)
+from simulator.transforms import check_low_rank, sparse_weight_bytes
 
 _LOGIT_BYTES = 4  # fp32 logits
+
+KERNEL_LAUNCH_S = 30e-6
+"""CPU time an eager engine spends issuing one of the kernels ``CostModel.num_kernels``
+counts, when no CUDA graph replays them. The driver's own launch is ~4 us (NVIDIA's
+"Getting Started with CUDA Graphs", developer.nvidia.com/blog/cuda-graphs: a 2.9 us kernel
+runs at 3.8 us per kernel when launches are back to back), but an eager PyTorch engine
+also pays Python, the ATen dispatcher and the allocator, 5-25 us per op, and issues several
+torch ops per fused kernel counted here. Fitted to published eager decode steps against
+this count: Llama-2-7B in vLLM without graphs 12 ms per token (1.2 s for 100 tokens vs
+1.05 s with graphs, vllm-project/vllm#1440) is 41 us per kernel; Llama-3.1-8B on an H100
+8.4 ms eager vs 5.1 ms with graphs (cloudai.pt, "CUDA Graphs + torch.compile") is 29 us.
+Calibrate for a given host (docs/optimizations.md, "Attention and kernels")."""
+_SCORE_PASSES = 4
+"""HBM passes over the attention score matrix without a fused kernel: QK^T writes S,
+softmax reads S and writes P, PV reads P (docs/optimizations.md)."""
+_SCORE_BYTES = 2  # 16-bit scores and probabilities
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +109,8 @@ class IterationCost:
 
 def compute_dtype_for(weight_dtype: DType, activation_dtype: DType) -> ComputeDType:
     """The tensor-core rate GEMMs run at: W8A8 uses the 8-bit rate, everything else
-    (including weight-only int4/int8/fp8) computes in the activation dtype."""
+    (including weight-only int4/int8/fp8) computes in the activation dtype. A part
+    without the 8-bit rate falls back to weight-only (``CostModel._gemm_compute_dtype``)."""
     if weight_dtype in ("fp8", "int8") and activation_dtype == weight_dtype:
         return weight_dtype
     if activation_dtype in ("fp8", "int8", "int4"):
@@ -136,6 +161,42 @@ class CostModel:
     """Shard experts over the t x d devices (all-to-all) instead of splitting each (TP)."""
     expert_load: ExpertLoadConfig = field(default_factory=UniformExpertLoad)
     """How routed tokens spread over experts (``simulator.moe``)."""
+    # ---- model transforms and kernels (docs/optimizations.md) ----
+    sparsity: Sparsity | None = None
+    """Weight sparsity of the transformer's linear layers (QKV, O, MLP, experts, recurrent
+    projections; not the embedding, LM head or router). 2:4 halves their FLOPs where
+    ``accelerator.structured_sparsity`` (sparse tensor cores at twice the dense rate) and
+    stores half the values plus 2-bit metadata; unstructured computes dense and saves bytes
+    only in sparse storage (``simulator.transforms.sparse_weight_bytes``). None: dense."""
+    low_rank: LowRank | None = None
+    """Low-rank factorisation of the targeted linear layers: each k x n weight becomes
+    k x r and r x n factors, two GEMMs (``_linear``). None: full rank."""
+    attention_kernel: Literal["flash", "unfused"] = "flash"
+    """'flash': fused attention, the score matrix never leaves the chip; 'unfused': QK^T,
+    softmax and PV as separate kernels, the 16-bit score matrix written and read in
+    ``_SCORE_PASSES`` passes, every masked score computed."""
+    kernel_fusion: Literal["none", "standard", "full"] = "standard"
+    """Elementwise kernels per layer: 'standard' the profile's ``kernels_per_layer`` (vLLM's
+    fused add+RMSNorm and SiLU-and-mul); 'none' every norm, residual add, activation and
+    rotary its own kernel; 'full' activations and rotary fused into GEMM and attention
+    kernels (TensorRT-LLM). ``_elementwise_kernels`` gives the counts."""
+    cuda_graphs: bool = True
+    """Iterations replay captured CUDA graphs, so kernel launches cost no CPU time (vLLM's
+    default). False (eager, vLLM's ``enforce_eager``): every iteration takes at least
+    its kernel count x ``kernel_launch_s`` (``num_kernels``), CPU launches and GPU
+    execution overlapping."""
+    kernel_launch_s: float = KERNEL_LAUNCH_S
+    """CPU time per kernel launch without CUDA graphs, seconds."""
+    weight_group_size: int | None = None
+    """Input channels sharing one scale (and zero point) in quantised (fp8/int8/int4)
+    weights, as GPTQ/AWQ's group size (128 typical): the scales' bytes are read and stored
+    with the weights (``simulator.precision.weight_bytes_per_element``). None: per-channel
+    or per-tensor scales, whose bytes are left out."""
+    layer_weight_dtypes: tuple[DType, ...] | None = None
+    """Per-layer mixed precision, resolved: one weight format per layer of the whole model
+    (``simulator.precision.resolve_layer_weight_dtypes``), overriding ``weight_dtype``;
+    each layer's linear weights are priced and stored in their own format. None: every
+    layer in ``weight_dtype``."""
     _topo: Topology = field(init=False, repr=False, compare=False)
     _moe_probs: Any = field(default=None, init=False, repr=False, compare=False)
     """Chance one token activates each expert: [device, local expert] under expert
@@ -149,6 +210,8 @@ class CostModel:
         default_factory=dict, init=False, repr=False
     )
     _run_cache: dict[int, tuple[float, ...]] = field(default_factory=dict, init=False, repr=False)
+    _launch_cache: dict[tuple[bool, bool], float] = field(default_factory=dict, init=False,
+                                                          repr=False, compare=False)
     _prefill_constants: tuple[Any, ...] | None = field(default=None, init=False, repr=False)
     _decode_constants: tuple[int, float, float, float, float, float, float] | None = field(
         default=None, init=False, repr=False
@@ -157,6 +220,8 @@ class CostModel:
                                               compare=False)
     _recurrent_constants: tuple[float, ...] | None = field(default=None, init=False, repr=False,
                                                            compare=False)
+    _weight_groups: tuple[tuple[DType, LayerCounts], ...] | None = field(
+        default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         """Resolve the topology and the routing; reject layouts the model cannot take."""
@@ -167,6 +232,13 @@ class CostModel:
         m, d = self.model, self.attention_data_parallel
         if d < 1:
             raise ValueError(f"attention_data_parallel={d} must be at least 1")
+        per_layer = self.layer_weight_dtypes
+        if per_layer is not None and len(per_layer) != m.num_layers:
+            raise ValueError(f"layer_weight_dtypes has {len(per_layer)} formats, but "
+                             f"{m.name} has num_layers={m.num_layers} (one per layer)")
+        if self.weight_group_size is not None and self.weight_group_size < 1:
+            raise ValueError(f"weight_group_size={self.weight_group_size} must be positive")
+        self._check_transforms()
         check_expert_load(self.expert_load, m.num_experts, m.name)
         if not m.is_moe:
             return  # expert_parallel and routing mean nothing to a dense model (as in vLLM)
@@ -203,7 +275,38 @@ class CostModel:
 
     @property
     def compute_dtype(self) -> ComputeDType:
-        return compute_dtype_for(self.weight_dtype, self.activation_dtype)
+        """The rate the linear layers in ``weight_dtype`` compute at (MFU's peak)."""
+        return self._gemm_compute_dtype(self.weight_dtype)
+
+    def _gemm_compute_dtype(self, weight_dtype: DType) -> ComputeDType:
+        """The tensor-core rate of a GEMM whose weights are in ``weight_dtype``: W8A8 at the
+        8-bit rate where the accelerator has one; without (fp8 on an A100) the weights are
+        widened and multiplied at 16 bits, as vLLM's FP8 Marlin does on Ampere."""
+        dtype = compute_dtype_for(weight_dtype, self.activation_dtype)
+        if dtype in ("fp8", "int8") and dtype not in self.accelerator.peak_tflops:
+            return "bf16"
+        return dtype
+
+    def weight_bytes_per_element(self, weight_dtype: DType) -> float:
+        """Bytes per linear weight in ``weight_dtype``, its share of group scales included."""
+        return weight_bytes_per_element(weight_dtype, self.weight_group_size)
+
+    @property
+    def layers_by_weight_dtype(self) -> tuple[tuple[DType, LayerCounts], ...]:
+        """The layers in ``layer_range`` grouped by their weights' format, each with how many
+        layers of each kind it holds (one group, ``weight_dtype``, without per-layer
+        formats). The groups' counts add up to the range's."""
+        groups = self._weight_groups
+        if groups is None:
+            per_layer = self.layer_weight_dtypes
+            counts = self._layers  # validates layer_range
+            if per_layer is None:
+                groups = ((self.weight_dtype, counts),)
+            else:
+                start, end = self.layer_range or (0, self.model.num_layers)
+                groups = layer_counts_by_dtype(self.model, per_layer, start, end)
+            self._weight_groups = groups
+        return groups
 
     @property
     def _attention_dtype(self) -> ComputeDType:
@@ -231,11 +334,12 @@ class CostModel:
     def kv_bytes_per_token_layer(self) -> float:
         """KV bytes one token adds to one attention layer's cache on one device. MLA keeps
         one latent (kv_lora_rank + qk_rope_head_dim), whole on every tensor-parallel
-        device, as vLLM does (hence DeepSeek deployments' data-parallel attention)."""
-        kv_bytes = BYTES_PER_ELEMENT[self.kv_cache_dtype]
+        device, as vLLM does (hence DeepSeek deployments' data-parallel attention). An
+        int4 cache adds each vector's scale and zero point (``kv_vector_bytes``)."""
         if self.model.is_mla:
-            return self.model.kv_latent_size * kv_bytes
-        return 2 * self._kv_heads_per_device * self.model.head_dim * kv_bytes
+            return kv_vector_bytes(self.kv_cache_dtype, self.model.kv_latent_size)
+        return 2 * self._kv_heads_per_device * kv_vector_bytes(self.kv_cache_dtype,
+                                                              self.model.head_dim)
 
     @property
     def kv_bytes_per_token(self) -> float:
@@ -287,17 +391,214 @@ class CostModel:
         """Nominal rate of the slowest link the tensor-parallel group uses."""
         return self._topo.link_bytes_per_s(self.tensor_parallel)
 
+    # ---- model transforms and kernels (docs/optimizations.md) ----
+
+    def _check_transforms(self) -> None:
+        """Reject kernel settings outside their sets and factorisations that save nothing."""
+        if self.attention_kernel not in ("flash", "unfused"):
+            raise ValueError(f"attention_kernel={self.attention_kernel!r} must be 'flash' or "
+                             f"'unfused'")
+        if self.kernel_fusion not in ("none", "standard", "full"):
+            raise ValueError(f"kernel_fusion={self.kernel_fusion!r} must be 'none', "
+                             f"'standard' or 'full'")
+        if self.kernel_launch_s < 0:
+            raise ValueError(f"kernel_launch_s={self.kernel_launch_s} must be >= 0")
+        if self.low_rank is not None:
+            check_low_rank(self.model, self.low_rank)
+
+    @property
+    def _sparse_flops_frac(self) -> float:
+        """Share of a linear layer's dense FLOPs its GEMMs execute: 1/2 for 2:4 sparsity on
+        sparse tensor cores (twice the dense rate), else 1 (unstructured sparsity, or 2:4
+        on a part without them, computes dense)."""
+        s = self.sparsity
+        structured = s is not None and s.pattern == "2:4"
+        return 0.5 if structured and self.accelerator.structured_sparsity else 1.0
+
+    def _factorised(self, target: str) -> bool:
+        return self.low_rank is not None and target in self.low_rank.targets
+
+    def _linear(self, rows: Scalar, k: float, n: float, wd: DType, target: str,
+                parts: tuple[float, ...] = ()) -> OpCost:
+        """A transformer linear layer on one device, ``[rows, k] x [k, n]`` with weights in
+        ``wd`` and the model transforms' formats. ``parts``: the widths of the matrices
+        fused in it (q, k and v; gate and up), adding up to ``n``; () for one matrix.
+
+        Low rank (``target`` in ``low_rank.targets``): each matrix k x n_j becomes k x r and
+        r x n_j factors, run as two GEMMs: the A factors side by side, [rows, k] x
+        [k, r x parts], then the B factors as one grouped GEMM of [rows, r] x [r, n_j]:
+        FLOPs 2 rows (k + n_j) r and weights (k + n_j) r per matrix. The grouped B GEMM is
+        priced as one [rows, r] x [r, n] (the same FLOPs and weights); the B factors
+        beyond the first read rows x r more activations each, left out (about 2% of the
+        bytes at a 64-token decode, nothing where compute-bound). Under tensor parallelism
+        k and n are the device's share, so a column-parallel layer keeps its A factor
+        whole on every device and a row-parallel one its B factor. Sparsity applies to
+        every GEMM here (``_gemm``'s ``sparse``)."""
+        if not self._factorised(target):
+            return self._gemm(rows, k, n, wd, sparse=True)
+        assert self.low_rank is not None
+        r = self.low_rank.rank
+        a = self._gemm(rows, k, r * max(1, len(parts)), wd, sparse=True)
+        return a + self._gemm(rows, r, n, wd, sparse=True)
+
+    def low_rank_params_per_device(self, c: LayerCounts) -> float:
+        """Linear weights (elements) one device holds for layers counted in ``c`` under
+        ``low_rank``, with ``_linear``'s shapes: a factorised k x n matrix as k_dev r +
+        r n_dev for the device's share k_dev x n_dev of it (gate/up/q/k/v split by columns
+        keep their A factor whole, o/down split by rows their B factor); shared experts
+        as one fused MLP; routed experts whole per device under expert parallelism, split
+        over the t x d devices otherwise. Unfactorised weights as ``weight_bytes_per_device``
+        counts them. A query."""
+        assert self.low_rank is not None
+        m, t, n_moe = self.model, self.tensor_parallel, self._moe_devices
+        r, h = self.low_rank.rank, m.hidden_size
+
+        def factors(k_dev: float, n_dev: float) -> float:
+            return r * (k_dev + n_dev)
+
+        replicated = m.attn_replicated_params_per_layer
+        attn = (m.attn_params_per_layer - replicated) / t + replicated
+        if self._factorised("qkv") and not m.is_mla:
+            q_width = 2 * m.q_size if m.attn_output_gate else m.q_size
+            attn += (factors(h, q_width / t) + 2 * factors(h, m.kv_size / t)
+                     - h * (q_width + 2 * m.kv_size) / t)
+        if self._factorised("o"):
+            attn += factors(m.attn_out_size / t, h) - m.attn_out_size * h / t
+        mlp = m.dense_mlp_params_per_layer / t
+        routed = m.num_experts * m.expert_params / n_moe
+        shared = m.num_shared_experts * m.expert_params / t
+        if self._factorised("mlp"):
+            ei = m.expert_intermediate_size
+            mlp = m.mlp_matrices * factors(h, m.intermediate_size / t)
+            routed = (m.num_experts / n_moe * m.mlp_matrices * factors(h, ei)
+                      if self.expert_parallel
+                      else m.num_experts * m.mlp_matrices * factors(h, ei / n_moe))
+            shared = (m.mlp_matrices * factors(h, m.num_shared_experts * ei / t)
+                      if m.num_shared_experts else 0.0)
+        moe = routed + shared + h * m.num_experts / t  # and the router
+        return (c.num_attention * attn + c.num_recurrent * m.recurrent_params_per_layer / t
+                + c.num_dense_mlp * mlp + c.num_moe * moe)
+
+    def _score_bytes_per_key(self, heads: float) -> float:
+        """Unfused attention: bytes of HBM traffic per query-key pair for ``heads`` heads,
+        the 16-bit score written and read ``_SCORE_PASSES`` times; 0 with flash."""
+        if self.attention_kernel != "unfused":
+            return 0.0
+        return float(_SCORE_PASSES * _SCORE_BYTES * heads)
+
+    @property
+    def _unfused_attention_floor_s(self) -> float:
+        """Fixed cost an unfused attention call adds to the fused kernel's: a softmax
+        kernel and a second batched GEMM (PV) besides the first (QK^T)."""
+        if self.attention_kernel != "unfused":
+            return 0.0
+        return self.efficiency.elementwise.floor_s + self.efficiency.gemm_for(
+            self._attention_dtype).floor_s
+
+    def _elementwise_kernels(self, mixer: str, block: str) -> int:
+        """Elementwise kernels of one layer with this mixer and block under
+        ``kernel_fusion``. 'standard': the profile's ``kernels_per_layer`` (4 by default:
+        fused add+RMSNorm before the mixer and before the MLP, rotary, SiLU-and-mul, as
+        vLLM runs a Llama layer). 'none': each residual add apart from its norm (+1 per
+        sublayer), the gate's multiply apart from the activation (+1, gated MLPs), K's
+        rotary apart from Q's (+1, attention): 8 for a Llama layer. 'full': the
+        activation in the gate/up GEMM's epilogue (-1) and rotary in the QKV epilogue or
+        the attention kernel (-1), as TensorRT-LLM fuses them: 2 for a Llama layer, at
+        least 1 for any."""
+        kernels = self.efficiency.elementwise.kernels_per_layer
+        if self.kernel_fusion == "standard":
+            return kernels
+        has_mlp, attention = block != "none", mixer == "attention"
+        if self.kernel_fusion == "none":
+            gated = has_mlp and self.model.gated_mlp
+            return kernels + (2 if has_mlp else 1) + int(gated) + int(attention)
+        return max(1, kernels - int(has_mlp) - int(attention))
+
+    def num_kernels(self, prefill: bool, decode: bool) -> int:
+        """Kernels one device launches in one iteration (with prefill chunks, decoding
+        sequences, or both), counted from the ops ``price`` charges: per attention layer
+        the QKV GEMM(s) (MLA: q, kv_a, kv_b), the attention kernel of each phase present
+        (3 unfused: QK^T, softmax, PV), o_proj; per recurrent layer its projections and
+        one scan per phase; per dense MLP 2 GEMMs; per MoE layer the router, 2 grouped
+        expert GEMMs, 2 for shared experts and 3 collectives if it moves tokens itself;
+        a factorised linear layer 2 GEMMs for 1; ``_elementwise_kernels`` per layer; the
+        TP all-reduces; per forward the embedding, LM head, sampling and (TP) the logits
+        all-gather. A query: mutates nothing."""
+        m, c, t = self.model, self._layers, self.tensor_parallel
+        factor = {target: 2 if self._factorised(target) else 1 for target in ("qkv", "o", "mlp")}
+        phases = int(prefill) + int(decode)
+        n = int(self._has_first_layer)  # embedding
+        if c.num_attention:
+            qkv = (2 if m.q_lora_rank else 1) + 2 if m.is_mla else factor["qkv"]
+            attention = (3 if self.attention_kernel == "unfused" else 1) * phases
+            n += c.num_attention * (qkv + factor["o"] + attention)
+        if c.num_recurrent and m.recurrent is not None:
+            n += c.num_recurrent * (len(m.recurrent.gemm_shapes(m.hidden_size)) + phases)
+        mlp = 2 * factor["mlp"]
+        n += c.num_dense_mlp * mlp
+        if c.num_moe:
+            moe = 1 + mlp + (mlp if m.num_shared_experts else 0)
+            n += c.num_moe * (moe + (3 if self._moe_has_own_comm else 0))
+        start, end = self.layer_range or (0, m.num_layers)
+        kinds = Counter(zip(m.mixer_kinds[start:end], m.block_kinds[start:end], strict=True))
+        n += sum(self._elementwise_kernels(mixer, block) * count
+                 for (mixer, block), count in kinds.items())
+        if t > 1:
+            moe_all_reduces = 0 if self._moe_has_own_comm else c.num_moe
+            n += c.num_layers + c.num_dense_mlp + moe_all_reduces
+        if self._has_last_layer:
+            n += 2 + int(t > 1)
+        return n
+
+    def _launch_floor_s(self, prefill: bool, decode: bool) -> float:
+        """Least time an iteration's kernels take when the CPU launches them one by one
+        (``cuda_graphs`` False): their count x ``kernel_launch_s``; 0 with CUDA graphs."""
+        if self.cuda_graphs:
+            return 0.0
+        key = (prefill, decode)
+        floor_s = self._launch_cache.get(key)
+        if floor_s is None:
+            floor_s = self._launch_cache[key] = (self.num_kernels(prefill, decode)
+                                                 * self.kernel_launch_s)
+        return floor_s
+
     # ---- op classes ----
 
-    def _gemm(self, m: Scalar, k: float, n: float, weight_bytes_per_elem: float) -> OpCost:
+    def _gemm(self, m: Scalar, k: float, n: float, weight_dtype: DType,
+              sparse: bool = False) -> OpCost:
+        """``[m, k] x [k, n]`` with the weights stored in ``weight_dtype``: their bytes (group
+        scales included), the rate they compute at (``_gemm_compute_dtype``) and, for a
+        weight-only kernel, the dequantisation of every weight once per row tile.
+        ``sparse``: a transformer linear layer, stored and run in ``sparsity``'s format
+        (fewer bytes; 2:4 on sparse tensor cores executes half the FLOPs)."""
+        compute = self._gemm_compute_dtype(weight_dtype)
         flops = 2.0 * m * k * n
-        hbm = k * n * weight_bytes_per_elem + (m * k + m * n) * self._act_bytes
-        return self._gemm_like(flops, hbm, calls=1, m=m)
+        weight_bytes = self.weight_bytes_per_element(weight_dtype)
+        if sparse and self.sparsity is not None:
+            weight_bytes = sparse_weight_bytes(weight_bytes, self.sparsity)
+            flops = flops * self._sparse_flops_frac
+        hbm = k * n * weight_bytes + (m * k + m * n) * self._act_bytes
+        dequant = self._dequant_flops(k * n, m) if dequantises(weight_dtype, compute) else 0.0
+        return self._gemm_like(flops, hbm, calls=1, m=m, compute_dtype=compute,
+                               dequant_flops=dequant)
 
-    def _gemm_like(self, flops: Scalar, hbm: Scalar, calls: int, m: Scalar = 0.0) -> OpCost:
-        """Priced with the GEMM efficiencies of the compute dtype; ``calls`` kernel floors;
-        ``m`` rows per call, for efficiencies that ramp up with M (0: unknown, flat)."""
-        eff = self.efficiency.gemm_for(self.compute_dtype)
+    def _dequant_flops(self, weights: Scalar, rows: Scalar) -> Scalar:
+        """Tensor-core FLOP equivalents a weight-only kernel spends widening ``weights``
+        weight elements, each once per tile of ``efficiency.weight_only.tile_rows`` of the
+        ``rows`` activation rows it multiplies."""
+        eff = self.efficiency.weight_only
+        return eff.dequant_flops_per_weight * weights * np.ceil(rows / eff.tile_rows)
+
+    def _gemm_like(self, flops: Scalar, hbm: Scalar, calls: int, m: Scalar = 0.0,
+                   compute_dtype: ComputeDType | None = None,
+                   dequant_flops: Scalar = 0.0) -> OpCost:
+        """Priced with the GEMM efficiencies of ``compute_dtype`` (None: the model's);
+        ``calls`` kernel floors; ``m`` rows per call, for efficiencies that ramp up with M
+        (0: unknown, flat); ``dequant_flops``: weight-only dequantisation work, which takes
+        compute time but is not counted in the FLOPs returned (MFU counts useful work)."""
+        if compute_dtype is None:
+            compute_dtype = self.compute_dtype
+        eff = self.efficiency.gemm_for(compute_dtype)
         compute_frac: Scalar = eff.compute_frac
         if eff.half_m and (isinstance(m, np.ndarray) or m > 0):
             compute_frac = eff.compute_frac * m / (m + eff.half_m)
@@ -305,8 +606,8 @@ class CostModel:
         if eff.gemv_memory_frac is not None and not isinstance(m, np.ndarray) and m == 1:
             memory_frac = eff.gemv_memory_frac
         seconds = roofline_s(
-            flops, hbm,
-            peak_flops_per_s=self.accelerator.peak_flops_per_s(self.compute_dtype),
+            flops + dequant_flops, hbm,
+            peak_flops_per_s=self.accelerator.peak_flops_per_s(compute_dtype),
             compute_frac=compute_frac,
             hbm_bytes_per_s=self.accelerator.hbm_bytes_per_s,
             memory_frac=memory_frac,
@@ -327,55 +628,57 @@ class CostModel:
         seconds = self._topo.all_reduce_s(message_bytes, self.tensor_parallel)
         return OpCost(seconds, 0.0, 0.0)
 
-    def _mlp(self, num_tokens: int) -> OpCost:
-        """One dense MLP layer for a batch of ``num_tokens``: it runs per attention rank, on
-        its share of the tokens (MoE layers take the whole batch: ``_moe``)."""
+    def _mlp(self, num_tokens: int, wd: DType) -> OpCost:
+        """One dense MLP layer with weights in ``wd`` for a batch of ``num_tokens``: it runs
+        per attention rank, on its share of the tokens (MoE layers take the whole batch:
+        ``_moe``)."""
         m, t = self.model, self.tensor_parallel
-        wb = BYTES_PER_ELEMENT[self.weight_dtype]
         rows = self._rank_share(num_tokens)
         up_width = (2 if m.gated_mlp else 1) * m.intermediate_size / t
-        return self._gemm(rows, m.hidden_size, up_width, wb) + self._gemm(
-            rows, m.intermediate_size / t, m.hidden_size, wb
+        width = m.intermediate_size / t
+        parts = (width, width) if m.gated_mlp else ()
+        return self._linear(rows, m.hidden_size, up_width, wd, "mlp", parts) + self._linear(
+            rows, m.intermediate_size / t, m.hidden_size, wd, "mlp"
         )
 
-    def _qkv_proj(self, rows: Scalar) -> OpCost:
+    def _qkv_proj(self, rows: Scalar, wd: DType) -> OpCost:
         """One attention layer's input projections for ``rows`` tokens. MLA: q_a_proj and
         kv_a_proj_with_mqa replicated on every device (as vLLM runs them), q_b_proj and
         kv_b_proj split by heads. kv_b_proj runs once per new token: in prefill it expands
         the new tokens' latents to K and V; in decode its two halves are absorbed into the
-        query and the output (the same FLOPs and weight bytes)."""
+        query and the output (the same FLOPs and weight bytes). Weights in ``wd``."""
         m, t = self.model, self.tensor_parallel
-        wb = BYTES_PER_ELEMENT[self.weight_dtype]
         h = m.hidden_size
         if not m.is_mla:
             q_width = 2 * m.q_size if m.attn_output_gate else m.q_size
-            return self._gemm(rows, h, (q_width + 2 * m.kv_size) / t, wb)
+            return self._linear(rows, h, (q_width + 2 * m.kv_size) / t, wd, "qkv",
+                                (q_width / t, m.kv_size / t, m.kv_size / t))
         assert m.kv_lora_rank and m.qk_nope_head_dim and m.v_head_dim
         if m.q_lora_rank:
-            q = self._gemm(rows, h, m.q_lora_rank, wb) + self._gemm(
-                rows, m.q_lora_rank, m.q_size / t, wb)
+            q = self._gemm(rows, h, m.q_lora_rank, wd, sparse=True) + self._gemm(
+                rows, m.q_lora_rank, m.q_size / t, wd, sparse=True)
         else:
-            q = self._gemm(rows, h, m.q_size / t, wb)
-        kv_a = self._gemm(rows, h, m.kv_latent_size, wb)
+            q = self._gemm(rows, h, m.q_size / t, wd, sparse=True)
+        kv_a = self._gemm(rows, h, m.kv_latent_size, wd, sparse=True)
         kv_b = self._gemm(rows, m.kv_lora_rank,
-                          m.num_heads * (m.qk_nope_head_dim + m.v_head_dim) / t, wb)
+                          m.num_heads * (m.qk_nope_head_dim + m.v_head_dim) / t, wd, sparse=True)
         return q + kv_a + kv_b
 
-    def _recurrent_proj(self, rows: Scalar) -> OpCost:
-        """One recurrent layer's projections (``RecurrentMixer.gemm_shapes``), split by
-        tensor parallelism along the dimension vLLM splits."""
+    def _recurrent_proj(self, rows: Scalar, wd: DType) -> OpCost:
+        """One recurrent layer's projections (``RecurrentMixer.gemm_shapes``) with weights in
+        ``wd``, split by tensor parallelism along the dimension vLLM splits."""
         m, t = self.model, self.tensor_parallel
         assert m.recurrent is not None
-        wb = BYTES_PER_ELEMENT[self.weight_dtype]
         total = ZERO
         for k, n, split in m.recurrent.gemm_shapes(m.hidden_size):
-            total = total + (self._gemm(rows, k, n / t, wb) if split == "n"
-                             else self._gemm(rows, k / t, n, wb))
+            total = total + (self._gemm(rows, k, n / t, wd, sparse=True) if split == "n"
+                             else self._gemm(rows, k / t, n, wd, sparse=True))
         return total
 
-    def _moe(self, num_tokens: int, wb: float) -> OpCost:
+    def _moe(self, num_tokens: int, wd: DType) -> OpCost:
         """One MoE layer's routed experts (on the busiest device), router and shared experts,
-        for all ``num_tokens`` = T tokens of the batch.
+        for all ``num_tokens`` = T tokens of the batch, expert weights in ``wd`` (the router
+        stays 16-bit, as engines keep the gate).
 
         Routed experts read the weights of the experts their tokens activate: with uniform
         top-k routing T tokens touch E(1 - (1 - k/E)^T) distinct experts, otherwise
@@ -403,19 +706,36 @@ class CostModel:
             pairs = num_tokens * k
             touched = (e * (1.0 - (1.0 - k / e) ** num_tokens) if probs is None
                        else experts_touched(probs, num_tokens))
+        calls = 2
+        if self._factorised("mlp"):  # each expert matrix as k x r and r x n factors
+            assert self.low_rank is not None
+            r = self.low_rank.rank
+            expert_params, calls = m.mlp_matrices * r * (m.hidden_size + width), 4
         flops = 2.0 * pairs * expert_params
         act = pairs * (2 * m.hidden_size + m.mlp_matrices * width)
-        hbm = touched * expert_params * wb + act * self._act_bytes
+        if calls == 4:  # each factor pair writes and reads an r-wide intermediate
+            act = act + pairs * 2 * m.mlp_matrices * r
+        weight_bytes = self.weight_bytes_per_element(wd)
+        if self.sparsity is not None:
+            weight_bytes = sparse_weight_bytes(weight_bytes, self.sparsity)
+            flops = flops * self._sparse_flops_frac
+        hbm = touched * expert_params * weight_bytes + act * self._act_bytes
         # Grouped up/gate and down GEMMs; rows per expert for efficiencies ramping with M.
-        routed = self._gemm_like(flops, hbm, calls=2, m=pairs / max(touched, 1e-9))
+        rows_per_expert = pairs / max(touched, 1e-9)
+        compute = self._gemm_compute_dtype(wd)
+        dequant = (self._dequant_flops(touched * expert_params, rows_per_expert)
+                   if dequantises(wd, compute) else 0.0)
+        routed = self._gemm_like(flops, hbm, calls=calls, m=rows_per_expert, compute_dtype=compute,
+                                 dequant_flops=dequant)
         rows = self._rank_share(num_tokens)
-        router = self._gemm(rows, m.hidden_size, e, BYTES_PER_ELEMENT["bf16"])
+        router = self._gemm(rows, m.hidden_size, e, "bf16")
         total = routed + router
         if m.num_shared_experts:
             width = m.num_shared_experts * m.expert_intermediate_size / t
             up_width = (2 if m.gated_mlp else 1) * width
-            total = total + self._gemm(rows, m.hidden_size, up_width, wb)
-            total = total + self._gemm(rows, width, m.hidden_size, wb)
+            parts = (width, width) if m.gated_mlp else ()
+            total = total + self._linear(rows, m.hidden_size, up_width, wd, "mlp", parts)
+            total = total + self._linear(rows, width, m.hidden_size, wd, "mlp")
         return total
 
     @property
@@ -449,25 +769,18 @@ class CostModel:
     def _token_part(self, num_tokens: int) -> dict[str, OpCost]:
         """Ops whose cost depends on the batch's token count only (all but attention and
         the recurrent scan), for the layers in ``layer_range``: each kind of layer priced
-        by its count there (``ModelSpec.layer_counts``)."""
-        m, t = self.model, self.tensor_parallel
-        wb = BYTES_PER_ELEMENT[self.weight_dtype]
+        by its count there (``ModelSpec.layer_counts``), and, with per-layer weight
+        formats, by its count in each format (``layers_by_weight_dtype``)."""
+        m = self.model
         ab = self._act_bytes
         c = self._layers
         rows = self._rank_share(num_tokens)  # one attention rank's tokens; MoE takes all
         ops: dict[str, OpCost] = {}
         if self._has_first_layer:
             ops["embedding"] = self._elementwise(rows * m.hidden_size * ab, 1)
-        if c.num_attention:
-            ops["qkv_proj"] = self._qkv_proj(rows).scaled(c.num_attention)
-            ops["o_proj"] = self._gemm(rows, m.attn_out_size / t, m.hidden_size, wb).scaled(
-                c.num_attention)
-        if c.num_recurrent:
-            ops["recurrent_proj"] = self._recurrent_proj(rows).scaled(c.num_recurrent)
-        if c.num_dense_mlp:
-            ops["mlp"] = self._mlp(num_tokens).scaled(c.num_dense_mlp)
-        if c.num_moe:
-            ops["moe"] = self._moe(num_tokens, wb).scaled(c.num_moe)
+        for wd, counts in self.layers_by_weight_dtype:
+            for name, op in self._linear_ops(num_tokens, wd, counts).items():
+                ops[name] = ops[name] + op if name in ops else op
         ops["elementwise"] = self._layer_elementwise(rows)
         all_reduce = self._all_reduce(rows * m.hidden_size * ab)
         # After every mixer, and after a dense MLP or an expert-TP MoE on one rank; MoE
@@ -478,10 +791,32 @@ class CostModel:
             ops["moe_comm"] = self._moe_comm(num_tokens).scaled(c.num_moe)
         return ops
 
+    def _linear_ops(self, num_tokens: int, wd: DType, c: LayerCounts) -> dict[str, OpCost]:
+        """The linear layers of the ``c`` layers whose weights are in ``wd``: projections,
+        dense MLPs and MoE blocks, each kind priced by its count."""
+        m, t = self.model, self.tensor_parallel
+        rows = self._rank_share(num_tokens)
+        ops: dict[str, OpCost] = {}
+        if c.num_attention:
+            ops["qkv_proj"] = self._qkv_proj(rows, wd).scaled(c.num_attention)
+            ops["o_proj"] = self._linear(rows, m.attn_out_size / t, m.hidden_size, wd,
+                                         "o").scaled(c.num_attention)
+        if c.num_recurrent:
+            ops["recurrent_proj"] = self._recurrent_proj(rows, wd).scaled(c.num_recurrent)
+        if c.num_dense_mlp:
+            ops["mlp"] = self._mlp(num_tokens, wd).scaled(c.num_dense_mlp)
+        if c.num_moe:
+            ops["moe"] = self._moe(num_tokens, wd).scaled(c.num_moe)
+        return ops
+
     def _layer_elementwise(self, rows: Scalar) -> OpCost:
         """Norms, residual adds, activations and rotary of the layers in range: the
         residual stream read and written around each mixer and each MLP, plus the mixer's
-        and the MLP's own widths; ``kernels_per_layer`` kernel floors per layer."""
+        and the MLP's own widths; ``_elementwise_kernels`` kernel floors per layer.
+        ``kernel_fusion`` 'none' adds a residual add's extra pass (h more elements per
+        sublayer: add and norm each read and write) and the gate multiply's (2 x MLP width:
+        SiLU writes what the multiply reads back); 'full' drops the activation's 3 x MLP
+        width and the rotary's pass over Q and K."""
         m, t = self.model, self.tensor_parallel
         start, end = self.layer_range or (0, m.num_layers)
         kv_width = m.kv_latent_size if m.is_mla else m.kv_size
@@ -491,11 +826,17 @@ class CostModel:
         block_width = {"dense": m.intermediate_size / t, "none": 0.0,
                        "moe": m.num_experts_per_token * m.expert_intermediate_size / t}
         kinds = Counter(zip(m.mixer_kinds[start:end], m.block_kinds[start:end], strict=True))
-        kernels = self.efficiency.elementwise.kernels_per_layer
         total = ZERO
         for (mixer, block), count in kinds.items():
             sublayers = 1 if block == "none" else 2
             per_token = 2 * m.hidden_size * sublayers + 3 * block_width[block] + mixer_width[mixer]
+            if self.kernel_fusion == "none":  # adds apart from norms, multiply apart from SiLU
+                per_token += m.hidden_size * sublayers + (
+                    2 * block_width[block] if m.gated_mlp else 0.0)
+            elif self.kernel_fusion == "full":  # activation and rotary inside other kernels
+                per_token -= 3 * block_width[block] + (
+                    mixer_width[mixer] if mixer == "attention" else 0.0)
+            kernels = self._elementwise_kernels(mixer, block)
             total = total + self._elementwise(rows * self._act_bytes * per_token, kernels).scaled(
                 count)
         return total
@@ -508,7 +849,7 @@ class CostModel:
         m, t = self.model, self.tensor_parallel
         rows = self._rank_share(num_seqs)  # one attention rank's sequences
         # The LM head stays 16-bit under weight quantisation, as engines keep it.
-        lm_head = self._gemm(rows, m.hidden_size, m.vocab_size / t, BYTES_PER_ELEMENT["bf16"])
+        lm_head = self._gemm(rows, m.hidden_size, m.vocab_size / t, "bf16")
         logits_bytes = rows * m.vocab_size * _LOGIT_BYTES
         gather = self._topo.all_gather_s(logits_bytes, t)
         return {
@@ -526,7 +867,7 @@ class CostModel:
         if c is None:
             c = self._prefill_constants = self._make_prefill_constants()
         (layers, flops_per_key, peak_frac, half_tokens, kv_token, qo_token, s_per_byte,
-         floor_s, window, per_seq_s, expand_flops) = c
+         floor_s, window, per_seq_s, expand_flops, score_bytes) = c
         compute_s = flops = hbm = 0.0
         for new, cached in zip(q, ctx, strict=True):
             attended = cached + (new + 1) / 2.0  # mean keys per query under the causal mask
@@ -534,6 +875,9 @@ class CostModel:
             if window is not None:
                 attended = min(attended, window)
                 kept = min(kept, window)
+            if score_bytes:  # unfused: every score computed (then masked), S and P in HBM
+                attended = kept
+                hbm += new * kept * score_bytes
             f = flops_per_key * new * attended
             if expand_flops:  # MLA: earlier chunks' latents expanded to K and V again
                 f += expand_flops * cached
@@ -569,10 +913,11 @@ class CostModel:
             self.kv_bytes_per_token_layer * rank,
             qo_token,
             1.0 / (self.accelerator.hbm_bytes_per_s * eff.memory_frac),
-            eff.floor_s,
+            eff.floor_s + self._unfused_attention_floor_s,
             m.sliding_window_tokens,
             eff.per_sequence_s * rank,
             expand_flops,
+            self._score_bytes_per_key(hq * rank),
         )
 
     def _decode_attention(self, num_seqs: int, context_tokens: Scalar) -> OpCost:
@@ -609,14 +954,17 @@ class CostModel:
             width = m.kv_latent_size + m.kv_lora_rank  # key width + value width
             flops_per_key = 2.0 * width * hq * rank
             bytes_per_seq = width * hq * self._act_bytes * rank  # query in, output out
+        bytes_per_key = self.kv_bytes_per_token_layer * rank
+        if self.attention_kernel == "unfused":  # one score per head and key, in HBM
+            bytes_per_key += self._score_bytes_per_key(hq * rank)
         return (
             self._layers.num_attention,
             flops_per_key,
-            self.kv_bytes_per_token_layer * rank,
+            bytes_per_key,
             bytes_per_seq,
             1.0 / (self.accelerator.peak_flops_per_s(self._attention_dtype) * eff.compute_frac),
             1.0 / (self.accelerator.hbm_bytes_per_s * eff.memory_frac),
-            eff.floor_s,
+            eff.floor_s + self._unfused_attention_floor_s,
         )
 
     def _recurrent_scan(self, num_tokens: int, num_seqs: int, decode: bool) -> OpCost:
@@ -686,6 +1034,12 @@ class CostModel:
             ops["recurrent_prefill"] = self._recurrent_scan(sum(q), len(q), decode=False)
             ops["recurrent_decode"] = self._recurrent_scan(
                 shape.num_decode_seqs, shape.num_decode_seqs, decode=True)
+        launch_s = self._launch_floor_s(bool(q), shape.num_decode_seqs > 0)
+        if launch_s:  # eager launches: the GPU waits for the CPU where they take longer
+            busy = ZERO
+            for op in ops.values():
+                busy = busy + op
+            ops["launch_wait"] = OpCost(np.maximum(launch_s - busy.seconds, 0.0), 0.0, 0.0)
         ops["engine_overhead"] = OpCost(self.iteration_overhead_s, 0.0, 0.0)
         total = ZERO
         for op in ops.values():
@@ -730,8 +1084,12 @@ class CostModel:
             attn = attn + self._recurrent_scan(
                 sum(prefill_tokens), len(prefill_tokens), decode=False) + self._recurrent_scan(
                 num_decode_seqs, num_decode_seqs, decode=True)
+        busy_s = seconds + float(attn.seconds)
+        launch_s = self._launch_floor_s(len(prefill_tokens) > 0, num_decode_seqs > 0)
+        if launch_s:
+            busy_s = max(busy_s, launch_s)
         return (
-            seconds + float(attn.seconds) + self.iteration_overhead_s,
+            busy_s + self.iteration_overhead_s,
             flops + float(attn.flops),
             hbm + float(attn.hbm_bytes),
         )
@@ -748,10 +1106,16 @@ class CostModel:
         if coeffs is None:
             coeffs = self._run_cache[num_decode_seqs] = self._run_coefficients(num_decode_seqs)
         s_per_key_compute, s_per_key_memory, s_memory_fixed, s_fixed, f_per_key, f_fixed, \
-            b_per_key, b_fixed = coeffs
+            b_per_key, b_fixed, launch_s = coeffs
         ctx = decode_context_tokens
         seconds = np.maximum(ctx * s_per_key_compute, ctx * s_per_key_memory + s_memory_fixed)
-        seconds += s_fixed
+        if launch_s:  # eager: the CPU's launches bound the GPU's part (price's launch_wait)
+            overhead_s = self.iteration_overhead_s
+            seconds += s_fixed - overhead_s
+            np.maximum(seconds, launch_s, out=seconds)
+            seconds += overhead_s
+        else:
+            seconds += s_fixed
         flops = ctx * f_per_key
         flops += f_fixed
         hbm = ctx * b_per_key
@@ -759,7 +1123,8 @@ class CostModel:
         return seconds, flops, hbm
 
     def _run_coefficients(self, n: int) -> tuple[float, ...]:
-        """decode_run's affine pieces: seconds = fixed + max(a * ctx, b * ctx + c), etc."""
+        """decode_run's affine pieces: seconds = fixed + max(a * ctx, b * ctx + c), etc.;
+        last, the launch floor of an eager decode iteration (0 with CUDA graphs)."""
         dense_s, dense_f, dense_b = self._shape_totals(n, n)
         c = self._decode_constants
         if c is None:
@@ -778,7 +1143,45 @@ class CostModel:
             dense_f + float(scan.flops),
             layers * bytes_per_key,
             dense_b + layers * n * bytes_per_seq + float(scan.hbm_bytes),
+            self._launch_floor_s(False, True),
         )
+
+    # ---- decoding strategies (the lead's section: speculative and lookahead steps) ----
+
+    def verify(self, num_seqs: int, query_tokens: int, context_tokens: float,
+               prefill_tokens: Sequence[int] = (),
+               prefill_context_tokens: Sequence[int] = ()) -> tuple[float, float, float]:
+        """(seconds, flops, hbm_bytes) of an iteration in which ``num_seqs`` decoding
+        sequences each compute ``query_tokens`` positions (the last token and the
+        proposals to verify) over ``context_tokens`` cached keys in all, beside prefill
+        chunks. Linear layers and the LM head see every position (logits are needed at
+        each); attention reads each sequence's KV once for all its positions, as
+        FlashAttention and FlashInfer do with a query length above one, and does
+        ``query_tokens`` times one position's work. With ``query_tokens`` 1 this is
+        ``iteration``."""
+        positions = num_seqs * query_tokens
+        seconds, flops, hbm = self._shape_totals(sum(prefill_tokens) + positions,
+                                                 len(prefill_tokens) + positions)
+        attn = self._prefill_attention(prefill_tokens, prefill_context_tokens)
+        if num_seqs:
+            one = self._decode_attention(num_seqs, context_tokens)
+            c = self._decode_constants
+            assert c is not None
+            layers, flops_per_key, _, bytes_per_seq, s_per_flop, s_per_byte, floor_s = c
+            extra_flops = (query_tokens - 1) * context_tokens * flops_per_key * layers
+            extra_bytes = (query_tokens - 1) * num_seqs * bytes_per_seq * layers
+            attn_flops = float(one.flops) + extra_flops
+            attn_bytes = float(one.hbm_bytes) + extra_bytes
+            floor = (floor_s + self._rank_share(num_seqs)
+                     * self.efficiency.decode_attention.per_sequence_s) * layers
+            attn = attn + OpCost(floor + max(attn_flops * s_per_flop, attn_bytes * s_per_byte),
+                                 attn_flops, attn_bytes)
+        busy_s = seconds + float(attn.seconds)
+        launch_s = self._launch_floor_s(len(prefill_tokens) > 0, num_seqs > 0)
+        if launch_s:
+            busy_s = max(busy_s, launch_s)
+        return (busy_s + self.iteration_overhead_s,
+                flops + float(attn.flops), hbm + float(attn.hbm_bytes))
 
 
 def _sum_ops(ops: dict[str, OpCost]) -> tuple[float, float, float]:

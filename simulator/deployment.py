@@ -19,10 +19,13 @@ from hardware.profile import CalibrationProfile, load_profile
 from hardware.spec import AcceleratorSpec
 from hardware.topology import Topology
 from simulator.cost import CostModel
+from simulator.decoding import MultiTokenStep, build_step, with_draft
 from simulator.errors import ScenarioError
 from simulator.memory import MemoryPlan, plan_memory
 from simulator.model import ModelSpec
 from simulator.model_catalog import get_model, model_from_hf_config
+from simulator.optimizations import AttentionConfig
+from simulator.precision import resolve_layer_weight_dtypes
 from simulator.scenario import (
     AutoscaleConfig,
     GroupLayout,
@@ -31,6 +34,7 @@ from simulator.scenario import (
     Role,
     Scenario,
 )
+from simulator.transforms import apply_transforms, linear_formats
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +66,8 @@ class ReplicaGroup:
     first_replica: int
     autoscale: AutoscaleConfig | None
     topology: Topology
+    step: MultiTokenStep | None = None
+    """Speculative or lookahead decoding's step; None: one token per sequence per step."""
 
     @property
     def devices_per_replica(self) -> int:
@@ -105,15 +111,24 @@ class Deployment:
 
 
 def resolve_model(scenario: Scenario) -> ModelSpec:
+    """The model the scenario serves: its catalog name, config or spec, with
+    ``model_transforms`` applied (pruned, or replaced by a distilled student)."""
     ref = scenario.model
     if isinstance(ref, ModelSpec):
-        return ref
-    if isinstance(ref, HFConfigModel):
-        return model_from_hf_config(ref.hf_config, ref.name)
+        model = ref
+    elif isinstance(ref, HFConfigModel):
+        model = model_from_hf_config(ref.hf_config, ref.name)
+    else:
+        try:
+            model = get_model(ref)
+        except KeyError as exc:
+            raise ScenarioError(f"model: {exc.args[0]}") from None
+    if not scenario.model_transforms:
+        return model
     try:
-        return get_model(ref)
-    except KeyError as exc:
-        raise ScenarioError(f"model: {exc.args[0]}") from None
+        return apply_transforms(model, scenario.model_transforms, get_model).model
+    except ValueError as exc:
+        raise ScenarioError(str(exc)) from None
 
 
 def _profile(scenario: Scenario) -> CalibrationProfile | None:
@@ -234,6 +249,15 @@ def _resolve_group(scenario: Scenario, model: ModelSpec, group: GroupLayout, ind
             expert_parallel=layout.expert_parallel,
             expert_load=layout.expert_load,
             layer_range=layer_range,
+            weight_group_size=layout.weight_group_size,
+            layer_weight_dtypes=resolve_layer_weight_dtypes(
+                model, layout.weight_dtype, layout.layer_weight_dtypes,
+                f"{where}.layer_weight_dtypes"),
+            sparsity=linear_formats(scenario.model_transforms)[0],
+            low_rank=linear_formats(scenario.model_transforms)[1],
+            attention_kernel=scenario.engine.attention.kernel,
+            kernel_fusion=scenario.engine.kernel_fusion,
+            cuda_graphs=scenario.engine.cuda_graphs,
         )
 
     cost = cost_model(None, eng.iteration_overhead_s)
@@ -255,6 +279,12 @@ def _resolve_group(scenario: Scenario, model: ModelSpec, group: GroupLayout, ind
                 label += f"pipeline stage {i} (layers {a}-{a + layers[i] - 1}): "
             raise ScenarioError(f"{label}{exc}") from None
     memory = min(plans, key=lambda plan: plan.num_kv_blocks)
+    step = _decoding_step(scenario, model, layout, cost, where)
+    try:
+        memory = with_draft(memory, step)
+    except ValueError as exc:
+        raise ScenarioError(f"{where}: {exc}" if scenario.deployment.groups else str(exc)
+                            ) from None
     autoscale = group.autoscale
     return ReplicaGroup(
         name=group.name, role=group.role, accelerator=accelerator, layout=layout, cost=cost,
@@ -263,8 +293,49 @@ def _resolve_group(scenario: Scenario, model: ModelSpec, group: GroupLayout, ind
         num_replicas=group.replicas,
         max_replicas=group.replicas if autoscale is None else max(autoscale.max_replicas,
                                                                   group.replicas),
-        first_replica=first_replica, autoscale=autoscale, topology=topology,
+        first_replica=first_replica, autoscale=autoscale, topology=topology, step=step,
     )
+
+
+def _decoding_step(scenario: Scenario, model: ModelSpec, layout: LayoutConfig,
+                   cost: CostModel, where: str) -> MultiTokenStep | None:
+    """The scenario's multi-token decode step for this group, after checking that the
+    decoding strategy can run with the rest of the scenario."""
+    decoding, eng = scenario.engine.decoding, scenario.engine
+    if decoding.kind == "autoregressive":
+        return None
+    if eng.kv_reservation != "paged":
+        raise ScenarioError(
+            f"engine.decoding.kind={decoding.kind!r} runs with engine.kv_reservation='paged' "
+            f"only (got {eng.kv_reservation!r})"
+        )
+    multi = decoding.kind in ("speculative", "lookahead")
+    if multi and layout.pipeline_parallel > 1:
+        raise ScenarioError(
+            f"engine.decoding.kind={decoding.kind!r} is not modelled with "
+            f"{where}.pipeline_parallel={layout.pipeline_parallel} (use tensor parallelism)"
+        )
+    if multi and model.layer_counts().num_recurrent:
+        raise ScenarioError(
+            f"engine.decoding.kind={decoding.kind!r}: {model.name} has recurrent layers, "
+            f"whose state cannot be rolled back past rejected tokens (not modelled)"
+        )
+    try:
+        return build_step(decoding, cost)
+    except ValueError as exc:
+        raise ScenarioError(str(exc)) from None
+
+
+def _with_sparse_attention(model: ModelSpec, attention: AttentionConfig) -> ModelSpec:
+    """A local window plus global tokens caps the keys each query reads as a sliding
+    window of their sum does (the KV cache keeps every token, as sparse kernels need
+    the global ones and vLLM keeps the rest): the model with that window."""
+    if attention.sparse_window_tokens is None:
+        return model
+    window = attention.sparse_window_tokens + attention.sparse_global_tokens
+    if model.sliding_window_tokens is not None:
+        window = min(window, model.sliding_window_tokens)
+    return model.model_copy(update={"sliding_window_tokens": window})
 
 
 def resolve(scenario: Scenario) -> Deployment:
@@ -272,7 +343,7 @@ def resolve(scenario: Scenario) -> Deployment:
 
     Raises ``ScenarioError`` naming the field, the value and (for memory) the numbers.
     """
-    model = resolve_model(scenario)
+    model = _with_sparse_attention(resolve_model(scenario), scenario.engine.attention)
     eng = scenario.engine
     max_model_len = eng.max_model_len or model.max_context_tokens
     if max_model_len > model.max_context_tokens:

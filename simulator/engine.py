@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ from simulator.results import GroupInfo, Results, RunInfo
 from simulator.scenario import Scenario
 from workloads.config import ClosedLoopArrivals, SyntheticWorkload, TraceWorkload
 from workloads.generate import RequestArrays, open_loop_requests, trace_requests
+from workloads.trace import Dependencies
 
 _LENGTH_CHUNK = 65536
 MAX_REJECTED_IN_A_ROW = 100_000
@@ -47,12 +49,15 @@ def _rejected(deployment: Deployment, prompt_tokens: np.ndarray,
 
 
 def _route_ahead(deployment: Deployment, prompt_tokens: np.ndarray,
-                 output_tokens: np.ndarray) -> np.ndarray | None:
+                 output_tokens: np.ndarray, requests_have_dependencies: bool = False
+                 ) -> np.ndarray | None:
     """With an oblivious router (one whose choices depend on arrival order alone) and a
     fixed set of replicas serving whole requests, the replica of every request, -1 for
     those that will be rejected; else None."""
     scenario = deployment.scenario
     if any(g.role != "mixed" or g.autoscale is not None for g in deployment.groups):
+        return None
+    if requests_have_dependencies:
         return None
     routing_seed = np.random.SeedSequence(scenario.seed).spawn(3)[1]
     router = ROUTING.build(scenario.engine.routing,
@@ -76,6 +81,11 @@ def _open_loop(env: simpy.Environment, cluster: Cluster, request_ids: np.ndarray
     attributes: list[tuple[int, float, int, int]] | list[None] = (
         requests.attributes() or [None] * n
     )
+    deps = requests.dependencies()
+    if deps is not None:
+        yield from _issue_with_dependencies(env, cluster, request_ids, requests, attributes,
+                                            deps)
+        return
     rows = zip(request_ids.tolist(), requests.arrival_s.tolist(),
                requests.prompt_tokens.tolist(), requests.output_tokens.tolist(), route_list,
                attributes, strict=True)
@@ -83,6 +93,46 @@ def _open_loop(env: simpy.Environment, cluster: Cluster, request_ids: np.ndarray
         if t > env.now:
             yield env.timeout(t - env.now)
         cluster.arrive(request_id, prompt, output, route, attrs)
+
+
+def _issue_with_dependencies(env: simpy.Environment, cluster: Cluster, request_ids: np.ndarray,
+                             requests: RequestArrays,
+                             attributes: list[tuple[int, float, int, int]] | list[None],
+                             deps: Dependencies) -> Generator[simpy.Event, Any, None]:
+    """Input transforms: a request reaches the engine ``preprocess_s`` after the client
+    sent it (compression, retrieval), or after the request it depends on finished
+    (Skeleton-of-Thought's point expansions wait for the skeleton). Latencies count
+    from the client's send (``arrival_s``)."""
+    ids = request_ids.tolist()
+    client_s = requests.arrival_s.tolist()
+    prompts, outputs = requests.prompt_tokens.tolist(), requests.output_tokens.tolist()
+    groups, pre = deps.group_id.tolist(), on_grid_array(deps.preprocess_s).tolist()
+    children: dict[int, list[int]] = {}
+    for row, parent in enumerate(deps.depends_on.tolist()):
+        if parent >= 0:
+            children.setdefault(ids[parent], []).append(row)
+
+    def issue(row: int) -> None:
+        cluster.arrive(ids[row], prompts[row], outputs[row], None, attributes[row],
+                       client_arrival_s=client_s[row], group_id=ids[groups[row]],
+                       preprocess_s=pre[row])
+
+    def release(request: Request) -> None:
+        for row in children.pop(request.request_id, ()):
+            env.timeout(pre[row]).callbacks.append(functools.partial(_issue_later, issue, row))
+
+    cluster.add_done_listener(release)
+    independent = np.flatnonzero(deps.depends_on < 0)
+    engine_s = requests.arrival_s[independent] + deps.preprocess_s[independent]
+    for row in independent[np.argsort(on_grid_array(engine_s), kind="stable")].tolist():
+        t = client_s[row] + pre[row]
+        if t > env.now:
+            yield env.timeout(t - env.now)
+        issue(row)
+
+
+def _issue_later(issue: Callable[[int], None], row: int, _event: simpy.Event) -> None:
+    issue(row)
 
 
 class _ClosedLoop:
@@ -278,7 +328,8 @@ def simulate(scenario: Scenario, *, workers: int | None = None) -> Results:
                 workload, num_requests=stop.num_requests, duration_s=stop.duration_s, rng=rng
             )
         arrays = arrays._replace(arrival_s=on_grid_array(arrays.arrival_s))
-        routes = _route_ahead(deployment, arrays.prompt_tokens, arrays.output_tokens)
+        routes = _route_ahead(deployment, arrays.prompt_tokens, arrays.output_tokens,
+                              arrays.dependencies() is not None)
         predictor = _predictor(scenario, arrays)
         num_workers = _num_workers(workers, len(all_replicas), len(arrays.arrival_s))
         if routes is not None and num_workers > 1:
@@ -306,6 +357,7 @@ def simulate(scenario: Scenario, *, workers: int | None = None) -> Results:
         workload_report=workload_report,
         groups=groups,
         replica_s=_provisioned_s(deployment, run.scaling, run.end_s),
+        weight_bytes_per_device=deployment.memory.weight_bytes,
     )
     return Results(scenario, run.requests, run.iterations, info, run.itl_extra_s, run.scaling)
 

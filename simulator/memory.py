@@ -14,6 +14,7 @@ from simulator.dtypes import BYTES_PER_ELEMENT
 from simulator.errors import ScenarioError
 from simulator.model import ModelSpec
 from simulator.scenario import Scenario
+from simulator.transforms import sparse_weight_bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,19 +75,31 @@ def weight_bytes_per_device(model: ModelSpec, cost: CostModel) -> float:
     Routed experts span all t x d devices of the attention ranks: expert parallel holds
     num_experts / (t d) whole experts per device, expert TP 1/(t d) of every expert (the
     same bytes). Attention, dense MLP, router and shared-expert weights are split by t
-    only: each attention rank holds a whole TP-t copy."""
+    only: each attention rank holds a whole TP-t copy.
+
+    With per-layer weight formats each format's layers are counted at its own bytes
+    per weight (``cost.layers_by_weight_dtype``); quantised formats include their group
+    scales (``cost.weight_bytes_per_element``).
+
+    Model transforms: a low-rank factorisation stores its factors instead of the targeted
+    matrices (``cost.low_rank_params_per_device``), and sparsity stores every layer weight
+    (the router's too, < 0.1% of an MoE layer) in its format (``sparse_weight_bytes``)."""
     t = cost.tensor_parallel
-    wb = BYTES_PER_ELEMENT[cost.weight_dtype]
     start, end = cost.layer_range or (0, model.num_layers)
-    c = model.layer_counts(start, end)
-    replicated = c.num_attention * model.attn_replicated_params_per_layer
-    split = (c.num_attention * model.attn_params_per_layer - replicated
-             + c.num_recurrent * model.recurrent_params_per_layer
-             + c.num_dense_mlp * model.dense_mlp_params_per_layer)
     routed = model.num_experts * model.expert_params  # per MoE layer; 0 for a dense model
-    moe = c.num_moe * ((model.moe_params_per_layer - routed)
-                       + routed / cost.attention_data_parallel)
-    layers = (split + moe) / t + replicated
+    layer_bytes = 0.0
+    for dtype, c in cost.layers_by_weight_dtype:
+        replicated = c.num_attention * model.attn_replicated_params_per_layer
+        split = (c.num_attention * model.attn_params_per_layer - replicated
+                 + c.num_recurrent * model.recurrent_params_per_layer
+                 + c.num_dense_mlp * model.dense_mlp_params_per_layer)
+        moe = c.num_moe * ((model.moe_params_per_layer - routed)
+                           + routed / cost.attention_data_parallel)
+        layers = (split + moe) / t + replicated
+        if cost.low_rank is not None:
+            layers = cost.low_rank_params_per_device(c)
+        layer_bytes += layers * sparse_weight_bytes(cost.weight_bytes_per_element(dtype),
+                                                    cost.sparsity)
     first, last = start == 0, end == model.num_layers
     vocab_params = model.embedding_params if first else 0
     if last:
@@ -94,7 +107,7 @@ def weight_bytes_per_device(model: ModelSpec, cost: CostModel) -> float:
         vocab_params += model.lm_head_params if not model.tie_word_embeddings else tied_copy
     vocab = vocab_params / t
     norms = model.norm_params(start, end) + (model.hidden_size if last else 0)
-    return layers * wb + (vocab + norms) * BYTES_PER_ELEMENT["bf16"]
+    return layer_bytes + (vocab + norms) * BYTES_PER_ELEMENT["bf16"]
 
 
 def activation_bytes_per_device(model: ModelSpec, cost: CostModel, scenario: Scenario) -> float:

@@ -137,6 +137,14 @@ class ReplicaView(Protocol):
     def num_decode_blocks_needed(self) -> int:
         """Blocks the decoding requests need for this iteration's tokens."""
         ...
+    @property
+    def decode_tokens_per_request(self) -> int:
+        """Tokens of the budget one decoding request computes per step: 1, its beams or
+        samples, or the positions a speculative or lookahead step verifies."""
+        ...
+    def decode_blocks(self, request: Request) -> int:
+        """Blocks decoding ``request`` allocates for its next step."""
+        ...
     def prefix_hit(self, request: Request) -> tuple[int, int]:
         """For a waiting request: (prompt tokens the prefix cache holds for it, which
         admission skips; cached blocks it would reference that nobody references now,

@@ -88,6 +88,10 @@ ITERATION_COLUMNS: dict[str, type] = {
     # busy for duration_s minus both (minus the driver's overhead).
     "pipeline_wait_s": np.float64,
     "pipeline_transfer_s": np.float64,
+    # Speculative and lookahead decoding (0 otherwise, where each decode keeps 1 token):
+    # tokens the decodes kept, and tokens they proposed, this iteration.
+    "num_accepted_tokens": np.int64,
+    "num_proposed_tokens": np.int64,
 }
 
 REQUEST_STATUSES = ["finished", "rejected", "in_flight"]
@@ -118,6 +122,8 @@ class Recorder:
                 "prefix_id": np.int64,
                 "prefix_hit_tokens": np.int64,
                 "kv_transfer_s": np.float64,
+                "group_id": np.int64,
+                "preprocess_s": np.float64,
                 "status": np.int8,
             }
         )
@@ -155,6 +161,8 @@ class Recorder:
             request.prefix_id,
             request.prefix_hit_tokens,
             request.kv_transfer_s,
+            request.group_id,
+            request.preprocess_s,
             REQUEST_STATUSES.index(status),
         )
 

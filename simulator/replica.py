@@ -78,6 +78,7 @@ class Replica:
         pipeline: Pipeline | None = None,
         on_prefilled: Callable[[Replica, Request, int], None] | None = None,
         speed: float = 1.0,
+        width: int = 1,
     ) -> None:
         self.env = env
         self.index = index
@@ -103,6 +104,11 @@ class Replica:
         self._iterations = recorder.iterations[index]
         self.on_done = on_done
         self._window = cost.model.sliding_window_tokens
+        # Sequences per request (beam search, parallel sampling): they share the prompt's
+        # full blocks, each has its own copy of the rest, and they decode together.
+        self._width = width
+        # (tokens kept, tokens proposed) by this step's decodes: multi-token steps only.
+        self._step_tokens: tuple[int, int] = (0, 0)
         self._pipeline = pipeline  # None: the replica's one device group runs every layer
         # Prefill role (disaggregated serving): requests leave after their first token,
         # their KV held here until ``release_sent`` says it reached a decode replica.
@@ -128,6 +134,8 @@ class Replica:
         self._slot_ctx0 = np.zeros(max_num_seqs, dtype=np.int64)  # for sliding windows
         self._slot_it0 = np.zeros(max_num_seqs, dtype=np.int64)
         self._slot_active = np.zeros(max_num_seqs, dtype=bool)
+        self._slot_fork = np.zeros(max_num_seqs, dtype=np.int64)  # blocks its beams share
+        self._fork_tokens = 0  # sum over decoding requests of their shared blocks' tokens
 
         # Inter-token gaps: decodes that ran in the previous decode step share one gap;
         # requests that joined since keep their own last-token time until they decode.
@@ -207,7 +215,12 @@ class Replica:
 
     def reserved_blocks(self, request: Request) -> int:
         if self._reservation == "paged":
-            return 0
+            if self._width == 1:
+                return 0
+            # Its sequences fork after the prompt: each needs its own copy of a partial
+            # last block (copy-on-write), taken at admission so the fork always fits.
+            known = request.num_known_tokens
+            return -(-known // self._block) + (self._width - 1) * (known % self._block > 0)
         if self._reservation == "max":
             tokens = self._max_model_len - 1  # the most KV any request may store
         else:
@@ -216,7 +229,26 @@ class Replica:
         return -(-tokens // self._block)
 
     def num_decode_blocks_needed(self) -> int:
-        return int(self._block_phase[self.decode_step % self._block])
+        return self._width * int(self._block_phase[self.decode_step % self._block])
+
+    @property
+    def decode_tokens_per_request(self) -> int:
+        return self._width
+
+    def decode_blocks(self, request: Request) -> int:
+        computed = self.num_computed(request)
+        if self._width == 1:
+            return 1 if self.num_blocks_held(request) * self._block <= computed else 0
+        return self._width if computed % self._block == 0 else 0
+
+    def _held_blocks(self, slot: int, computed: int) -> int:
+        """Blocks a decoding request's sequences hold with ``computed`` tokens each:
+        the shared prompt blocks once, the rest once per sequence."""
+        blocks = -(-computed // self._block)
+        if self._width == 1:
+            return blocks
+        shared = int(self._slot_fork[slot])
+        return shared + self._width * (blocks - shared)
 
     def is_decoding(self, request: Request) -> bool:
         return request.slot >= 0
@@ -247,7 +279,8 @@ class Replica:
 
     def num_blocks_held(self, request: Request) -> int:
         if request.slot >= 0:
-            return max(request.num_blocks, -(-self.num_computed(request) // self._block))
+            return max(request.num_blocks,
+                       self._held_blocks(request.slot, self.num_computed(request)))
         return request.num_blocks
 
     # ---- arrivals ----
@@ -269,7 +302,7 @@ class Replica:
         self._outstanding_prompt_tokens += request.prompt_tokens
         self._waiting.append(request)
         if self._known_arrivals_s is not None:
-            assert self._known_arrivals_s[self._next_known] == request.arrival_s
+            assert self._known_arrivals_s[self._next_known] == self.env.now
             self._next_known += 1
         self._notify()
 
@@ -355,28 +388,31 @@ class Replica:
         assert self.num_blocks_used <= self.num_kv_blocks, "plan over-allocates KV blocks"
         self._evict_cached()
         # KV tokens stored once this iteration's tokens are computed.
-        kv_tokens = self._ctx_sum + num_decode + sum(q) + self._kv_tokens_besides_decodes()
+        kv_tokens = (self._decode_kv_tokens(num_decode) + sum(q)
+                     + self._kv_tokens_besides_decodes())
         cached_blocks = self._num_cached_blocks()
         swap_bytes, self._swap_bytes_pending = self._swap_bytes_pending, 0.0
         wait_s = transfer_s = 0.0
+        w = self._width
         if not num_decode:
             attended = 0.0
         elif self._window is None:
-            attended = float(self._ctx_sum + num_decode)
+            attended = float(self._ctx_sum + num_decode) * w
         else:
-            attended = float(self._decode_context(1)[0])
+            attended = float(self._decode_context(1)[0]) * w
         blocks_used = self.num_blocks_used
         if self._pipeline is not None:
-            stage_s, send_s, flops, hbm = self._pipeline.price(q, ctx, num_decode, attended)
+            stage_s, send_s, flops, hbm = self._pipeline.price(q, ctx, num_decode * w,
+                                                               attended)
             stage_s[0] = on_grid(stage_s[0] + self.cost.swap_s(swap_bytes))
             wait_s, transfer_s = yield from self._pipeline.traverse(stage_s, send_s)
             duration_s = self.env.now - start_s
         else:
             if q:
-                seconds, flops, hbm = self.cost.iteration(q, ctx, num_decode, attended)
+                seconds, flops, hbm = self._price_mixed(q, ctx, num_decode, attended)
                 duration_s = on_grid(seconds + self.cost.swap_s(swap_bytes))
             else:  # decode-only but not repeatable: price exactly as a run of one would be
-                secs, fl, hb = self.cost.decode_run(num_decode, self._decode_context(1))
+                secs, fl, hb = self._price_decodes(num_decode, self._decode_context(1))
                 duration_s = on_grid(float(secs[0]) + self.cost.swap_s(swap_bytes))
                 flops, hbm = float(fl[0]), float(hb[0])
             yield self.env.timeout(duration_s)
@@ -386,12 +422,12 @@ class Replica:
             start_s, duration_s, sum(q), len(q),
             num_decode, blocks_used, len(plan.preempted), flops, hbm, gap_s, continuing,
             swap_bytes, kv_tokens, cached_blocks, wait_s, transfer_s,
+            *self._step_tokens,
         )
         self._decode_blocks_in_flight = 0
         self.iteration += 1
         if num_decode:
-            self.decode_step += 1
-            self._ctx_sum += num_decode
+            self._advance_decodes(num_decode)
         now = self.env.now
         for request, tokens in plan.prefill:
             request.num_computed_tokens += tokens
@@ -413,15 +449,15 @@ class Replica:
             k = min(k, self._grow_heap[0][0] - step0)
         # Blocks allocated per step: the phase histogram read cyclically from step0.
         steps = np.arange(step0, step0 + k)
-        new_blocks = self._block_phase[steps % self._block]
+        new_blocks = self._block_phase[steps % self._block] * self._width
         blocks_used = new_blocks.cumsum()
         blocks_used += self.num_blocks_used
         # Every decoding request sits in one bin, so k iterations add at most
         # n * ceil(k / block) blocks; search only when that could overflow the cache.
-        if n * -(-k // self._block) > self.num_kv_blocks - self.num_blocks_used:
+        if n * self._width * -(-k // self._block) > self.num_kv_blocks - self.num_blocks_used:
             k = min(k, int(blocks_used.searchsorted(self.num_kv_blocks, side="right")))
         assert k >= 1, "the policy planned decodes whose blocks do not fit"
-        seconds, flops, hbm = self.cost.decode_run(n, self._decode_context(k))
+        seconds, flops, hbm = self._price_decodes(n, self._decode_context(k))
         durations = on_grid_array(seconds)
         ends = durations.cumsum()
         ends += start_s  # every partial sum is exact on the grid, so order is free
@@ -461,8 +497,9 @@ class Replica:
             continuing = np.full(k, n, dtype=np.int64)
             continuing[0] = continuing0
         self._last_decode_end_s = float(ends[k - 1])
-        base = self._ctx_sum + self._kv_tokens_besides_decodes()
-        kv_tokens = np.arange(base + n, base + n * (k + 1), n, dtype=np.int64)
+        w = self._width
+        base = self._decode_kv_tokens(0) + self._kv_tokens_besides_decodes()
+        kv_tokens = np.arange(base + n * w, base + n * w * (k + 1), n * w, dtype=np.int64)
         # Cached blocks evicted as the run's allocations need them (as stepping would).
         cached: np.ndarray | int = 0
         if self._cache is not None and self._cache.num_evictable:
@@ -477,6 +514,28 @@ class Replica:
         self.num_blocks_used = int(blocks_used[k - 1])
         self._evict_cached()
         self._finish_decodes(self.env.now)
+
+    # ---- pricing ----
+
+    def _price_mixed(self, q: list[int], ctx: list[int], num_decode: int, attended: float
+                     ) -> tuple[float, float, float]:
+        """(seconds, flops, bytes) of an iteration with prefill chunks ``q`` after
+        ``ctx`` cached tokens and ``num_decode`` decoding requests attending ``attended``
+        keys in all (their sequences' together)."""
+        return self.cost.iteration(q, ctx, num_decode * self._width, attended)
+
+    def _price_decodes(self, num_decode: int, context: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per iteration of a decode-only run: (seconds, flops, bytes), ``context`` the
+        keys one sequence of each request attends, summed over requests."""
+        w = self._width
+        return self.cost.decode_run(num_decode * w, context * w if w > 1 else context)
+
+    def _decode_kv_tokens(self, num_decode: int) -> int:
+        """KV tokens the decoding requests store once ``num_decode`` of them have
+        computed one more token (the shared prompt blocks counted once)."""
+        w = self._width
+        return w * (self._ctx_sum + num_decode) - (w - 1) * self._fork_tokens
 
     # ---- state changes ----
 
@@ -554,6 +613,10 @@ class Replica:
         if self._on_prefilled is not None:
             self._send(request, target)
             return
+        self._join_decode(request, target, now)
+
+    def _join_decode(self, request: Request, target: int, now: float) -> None:
+        """``request`` starts decoding the rest of its ``target`` output tokens."""
         slot = self._free_slots.pop()
         request.slot = slot
         self._joined_s[request.request_id] = now
@@ -562,10 +625,13 @@ class Replica:
         self._slot_ctx0[slot] = ctx
         self._slot_it0[slot] = self.decode_step
         self._slot_active[slot] = True
+        self._slot_fork[slot] = ctx // self._block
+        self._fork_tokens += ctx // self._block * self._block
         self._ctx_sum += ctx
         self._num_decoding += 1
         last_it = self.decode_step + (target - request.num_output_tokens) - 1
-        slack = request.num_blocks - -(-ctx // self._block)  # whole blocks reserved ahead
+        # Whole blocks reserved ahead (its beams' forked copies are not slack).
+        slack = request.num_blocks - self._held_blocks(slot, ctx)
         if slack > 0:  # allocates nothing until it has filled them
             request.grow_it = self.decode_step + slack * self._block
             if request.grow_it <= last_it:
@@ -576,6 +642,11 @@ class Replica:
         request.decode_last_it = last_it
         heapq.heappush(self._finish_heap, (last_it, request.request_id, request))
 
+    def _advance_decodes(self, num_decode: int) -> None:
+        """The decodes computed one step: one token each."""
+        self.decode_step += 1
+        self._ctx_sum += num_decode
+
     def _sync(self, request: Request) -> None:
         """Bring a decoding request's counts up to the current decode step."""
         steps = self.decode_step - request.decode_it0
@@ -583,7 +654,7 @@ class Replica:
         request.num_computed_tokens += steps
         request.decode_it0 = self.decode_step
         request.num_blocks = max(request.num_blocks,
-                                 -(-request.num_computed_tokens // self._block))
+                                 self._held_blocks(request.slot, request.num_computed_tokens))
 
     def _stop_decoding(self, request: Request) -> None:
         self._sync(request)
@@ -593,6 +664,7 @@ class Replica:
             self._block_phase[(it0 - ctx0) % self._block] -= 1
         request.grow_it = -1
         self._ctx_sum -= request.num_computed_tokens
+        self._fork_tokens -= int(self._slot_fork[request.slot]) * self._block
         self._num_decoding -= 1
         self._slot_active[request.slot] = False
         self._free_slots.append(request.slot)
@@ -751,6 +823,8 @@ class Replica:
         decoding = [r for r in self._running.values() if r.slot >= 0]
         assert len(decoding) == self._num_decoding
         assert sum(self.num_computed(r) for r in decoding) == self._ctx_sum
+        assert self._fork_tokens == sum(
+            int(self._slot_fork[r.slot]) * self._block for r in decoding)
         assert not any(r.num_blocks for r in self._waiting)
         swapped = sum(r.swapped_blocks for r in self._waiting)
         assert swapped + self._host_blocks_free == self._num_host_blocks

@@ -78,6 +78,8 @@ _SECTIONS: list[tuple[str, list[tuple[str, str, Formatter]]]] = [
         ("KV cache mean", "kv_utilization_mean_frac", _percent),
         ("KV cache max", "kv_utilization_max_frac", _percent),
         ("pipeline waits", "pipeline_wait_frac", _percent),
+        ("tokens per decode step", "tokens_per_step_mean", _number),
+        ("proposals accepted", "acceptance_rate_frac", _percent),
         ("KV hand-over mean (ms)", "kv_transfer_mean_s", lambda x: _number(x * 1e3)),
     ]),
     ("Cost & energy", [
@@ -90,7 +92,7 @@ _SECTIONS: list[tuple[str, list[tuple[str, str, Formatter]]]] = [
     ]),
 ]
 
-_ONLY_WHEN_ACTIVE = {"pipeline_wait_frac", "kv_transfer_mean_s"}
+_ONLY_WHEN_ACTIVE = {"pipeline_wait_frac", "kv_transfer_mean_s", "acceptance_rate_frac"}
 """Rows shown only for runs with pipeline stages or disaggregated pools."""
 
 _LATENCY = [("TTFT", "ttft"), ("TPOT", "tpot"), ("ITL", "itl"), ("E2E", "e2e"),

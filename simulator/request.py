@@ -55,6 +55,12 @@ class Request:
     prefix_hit_tokens: int = 0
     """Prompt tokens found in the prefix cache at admission, summed over admissions."""
     replica: int = -1
+    group_id: int = -1
+    """The client request this one is part of (Skeleton-of-Thought splits one into
+    several); -1: its own."""
+    preprocess_s: float = 0.0
+    """Seconds between the client's send (``arrival_s``) and the engine, spent in input
+    transforms (prompt compression, retrieval), after any request it waited for."""
     kv_transfer_s: float = math.nan
     """Disaggregated serving: seconds from the end of its prefill until its KV cache
     reached a decode replica (queueing on the link included); NaN otherwise."""

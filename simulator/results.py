@@ -71,6 +71,7 @@ class RunInfo:
     workload_report: str | None = None  # a trace's rows kept, and dropped by why; else None
     groups: tuple[GroupInfo, ...] = ()
     replica_s: tuple[float, ...] | None = None
+    weight_bytes_per_device: float = math.nan  # the first group's (memory a knob saves)
     """Seconds each replica was provisioned (paid for) in [0, end_s]; None: all of it."""
 
     @property
@@ -106,6 +107,32 @@ class RunInfo:
         if self.replica_s is None or self.end_s <= 0:
             return float(devices.sum())
         return float(devices @ self.provisioned_s / self.end_s)
+
+
+def _client_latency(req: pd.DataFrame) -> dict[str, float]:
+    """End-to-end latency per client request (rows grouped by ``group_id``, a row with
+    -1 on its own): mean and percentiles over client requests all of whose parts
+    finished. Equals the per-request E2E when nothing was split."""
+    arrival = req["arrival_s"].to_numpy(dtype=np.float64)
+    finish = req["finish_s"].to_numpy(dtype=np.float64)
+    group = (req["group_id"].to_numpy() if "group_id" in req.columns
+             else np.full(len(req), -1))
+    if (group < 0).all():
+        e2e = finish - arrival
+    else:
+        keys = np.where(group >= 0, group, req["request_id"].to_numpy())
+        frame = pd.DataFrame({"key": keys, "arrival_s": arrival, "finish_s": finish,
+                              "unfinished": np.isnan(finish)})
+        grouped = frame.groupby("key").agg(arrival_s=("arrival_s", "min"),
+                                           finish_s=("finish_s", "max"),
+                                           unfinished=("unfinished", "max"))
+        done = grouped[~grouped["unfinished"].to_numpy(dtype=bool)]
+        e2e = (done["finish_s"] - done["arrival_s"]).to_numpy(dtype=np.float64)
+    e2e = e2e[~np.isnan(e2e)]
+    out = {"client_e2e_mean_s": float(e2e.mean()) if e2e.size else math.nan}
+    for p, value in zip(PERCENTILES, _percentiles(e2e), strict=True):
+        out[f"client_e2e_p{p}_s"] = float(value)
+    return out
 
 
 def _column(frame: pd.DataFrame, name: str, default: float) -> np.ndarray:
@@ -294,6 +321,9 @@ class Results:
         m["prefix_hit_rate_frac"] = _ratio(float(hits[admitted].sum()),
                                            float(req["prompt_tokens"].to_numpy()[admitted].sum()))
         m["prefill_tokens_saved"] = float(hits.sum())
+        # A client request split into several (Skeleton-of-Thought) is done when its last
+        # part is: its end-to-end latency runs from its send to that finish.
+        m.update(_client_latency(req))
         # Disaggregated serving: the KV hand-over from prefill to decode replicas.
         transfer = _column(req, "kv_transfer_s", math.nan)
         transfer = transfer[~np.isnan(transfer)]
@@ -326,6 +356,7 @@ class Results:
         m["slo_attainment_frac"] = _ratio(num_good, num_requests - num_in_flight)
 
         m.update(self._utilisation(duration_s))
+        m.update(self._decoding())
         m["energy_per_output_token_j"] = _ratio(m["energy_j"], output_tokens)
         price = info.per_replica("accelerator.price_per_hour_usd").astype(np.float64)
         paid = info.per_replica("devices_per_replica") * info.provisioned_s
@@ -347,6 +378,25 @@ class Results:
         mean = _ratio(float(durations @ decode_seqs.astype(np.float64)) + float(stalls.sum()),
                       total_weight)
         return mean, weighted_percentiles(values, weights, PERCENTILES)
+
+    def _decoding(self) -> dict[str, float]:
+        """Tokens kept per decode step and the acceptance of proposals (speculative and
+        lookahead decoding; one token per step and NaN otherwise), and the memory the
+        deployment's knobs leave for weights and KV."""
+        it, info = self.iterations, self.info
+        kept = _column(it, "num_accepted_tokens", 0.0)
+        proposed = _column(it, "num_proposed_tokens", 0.0)
+        seqs = it["num_decode_seqs"].to_numpy(dtype=np.float64)
+        multi = proposed > 0
+        steps = float(seqs[multi].sum())
+        return {
+            "tokens_per_step_mean": _ratio(float(kept[multi].sum()), steps) if multi.any()
+            else 1.0,
+            "acceptance_rate_frac": _ratio(float(kept[multi].sum()) - steps,
+                                           float(proposed[multi].sum())),
+            "weight_gib_per_device": info.weight_bytes_per_device / 2**30,
+            "kv_capacity_tokens": float(info.kv_capacity_blocks * info.block_size_tokens),
+        }
 
     def _utilisation(self, duration_s: float) -> dict[str, float]:
         info, it = self.info, self.iterations

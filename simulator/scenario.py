@@ -32,6 +32,13 @@ from policies.routing import ROUTING
 from simulator.dtypes import DType
 from simulator.model import ModelSpec
 from simulator.moe import ExpertLoadConfig, UniformExpertLoad
+from simulator.optimizations import (
+    AttentionConfig,
+    Autoregressive,
+    DecodingConfig,
+    LayerWeightDType,
+    ModelTransform,
+)
 from simulator.plan import EngineLimits, PolicyParams
 from simulator.predictor import PredictorConfig
 from simulator.presets import apply_preset
@@ -160,8 +167,19 @@ class LayoutConfig(_Section):
         description="Format GEMM inputs are computed in; fp8/int8 need weights of the same "
         "format (W8A8).",
     )
-    kv_cache_dtype: Literal["auto", "fp32", "bf16", "fp16", "fp8", "int8"] = Field(
+    kv_cache_dtype: Literal["auto", "fp32", "bf16", "fp16", "fp8", "int8", "int4"] = Field(
         default="auto", description="KV cache element format; 'auto' follows the activations."
+    )
+    weight_group_size: int | None = Field(
+        default=None, gt=0,
+        description="Weight-only int4/int8 quantisation with one scale (and zero point) per "
+        "this many input channels (GPTQ/AWQ use 128): the scales' bytes and the "
+        "dequantisation are priced. None: per-channel scales.",
+    )
+    layer_weight_dtypes: tuple[LayerWeightDType, ...] = Field(
+        default=(),
+        description="Per-layer mixed precision: [{layers: [0, -1], weight_dtype: bf16}] keeps "
+        "the first and last layers in bf16 whatever weight_dtype the rest use.",
     )
     state_dtype: Literal["fp32", "bf16", "fp16"] = Field(
         default="bf16",
@@ -263,7 +281,10 @@ class ReplicaGroupConfig(_Section):
     weight_dtype: DType | None = Field(default=None, description="See deployment.")
     activation_dtype: Literal["fp32", "bf16", "fp16", "fp8", "int8"] | None = Field(
         default=None, description="See deployment.")
-    kv_cache_dtype: Literal["auto", "fp32", "bf16", "fp16", "fp8", "int8"] | None = Field(
+    kv_cache_dtype: Literal["auto", "fp32", "bf16", "fp16", "fp8", "int8", "int4"] | None = (
+        Field(default=None, description="See deployment."))
+    weight_group_size: int | None = Field(default=None, gt=0, description="See deployment.")
+    layer_weight_dtypes: tuple[LayerWeightDType, ...] | None = Field(
         default=None, description="See deployment.")
     state_dtype: Literal["fp32", "bf16", "fp16"] | None = Field(
         default=None, description="See deployment.")
@@ -483,6 +504,29 @@ class EngineConfig(_Section):
         gt=0,
         description="Longest prompt + output accepted, tokens; None: the model's context.",
     )
+    decoding: DecodingConfig = Field(
+        default_factory=Autoregressive,
+        description="How tokens are generated: {kind: autoregressive}, {kind: speculative, "
+        "proposer: draft|eagle|medusa|mtp, ...}, {kind: lookahead, ...}, {kind: beam, "
+        "beam_width}, {kind: parallel_sampling, n} (docs/optimizations.md).",
+    )
+    attention: AttentionConfig = Field(
+        default_factory=AttentionConfig,
+        description="Attention kernel (flash or unfused) and sparse pattern (local window "
+        "plus global tokens).",
+    )
+    kernel_fusion: Literal["none", "standard", "full"] = Field(
+        default="standard",
+        description="Elementwise kernels per layer: 'none' (every norm, activation and "
+        "residual its own kernel), 'standard' (vLLM's fused RMSNorm+residual and "
+        "SiLU-and-mul), 'full' (fused into the GEMMs' epilogues, as TensorRT-LLM).",
+    )
+    cuda_graphs: bool = Field(
+        default=True,
+        description="Decode iterations replay a captured CUDA graph (vLLM's default): no "
+        "CPU launch cost per kernel. False pays a launch per kernel where it exceeds "
+        "the kernel.",
+    )
     fast_forward: bool = Field(
         default=True,
         description="Advance runs of identical decode iterations in one event (exact; "
@@ -599,6 +643,12 @@ class Scenario(_Section):
     model: str | HFConfigModel | ModelSpec = Field(
         default="llama-3.1-8b",
         description="Catalog name (see `servesim models`), {hf_config: path}, or a full spec.",
+    )
+    model_transforms: tuple[ModelTransform, ...] = Field(
+        default=(),
+        description="Transforms applied to the model in order: {kind: prune, ...}, "
+        "{kind: sparsity, pattern: '2:4'|unstructured, ...}, {kind: low_rank, rank, "
+        "targets}, {kind: distill, student} (docs/optimizations.md).",
     )
     hardware: HardwareConfig = Field(default_factory=HardwareConfig)
     deployment: DeploymentConfig = Field(default_factory=DeploymentConfig)

@@ -18,7 +18,8 @@ settings.register_profile("ci", derandomize=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
-__all__ = ["TINY_DEVICE", "TINY_MODEL", "scenario_with", "tiny_scenario"]
+__all__ = ["TINY_DEVICE", "TINY_MODEL", "assert_fast_paths_equal_price", "scenario_with",
+           "tiny_scenario"]
 
 
 def scenario_with(*, model: str = "llama-3.1-8b", deployment: dict | None = None,
@@ -36,3 +37,24 @@ def scenario_with(*, model: str = "llama-3.1-8b", deployment: dict | None = None
     data["stop"] = {"num_requests": num_requests}
     extra = [f"workload.arrival.rate_per_s={rate_per_s}"] if rate_per_s is not None else []
     return Scenario.from_dict(data, [*extra, *overrides])
+
+
+def assert_fast_paths_equal_price(cost) -> None:
+    """The engine's fast paths (``iteration``, ``decode_run``) give ``price``'s numbers
+    for a mixed iteration and a decode run of two context lengths."""
+    import numpy as np
+    import pytest
+
+    from simulator import BatchShape
+
+    q, ctx = [900, 33], [0, 4000]
+    fast = cost.iteration(q, ctx, 40, 40 * 2500.0)
+    full = cost.price(BatchShape(q, ctx, 40, 40 * 2500.0))
+    assert fast == pytest.approx(
+        (float(full.seconds), float(full.flops), float(full.hbm_bytes)), rel=1e-12)
+    seconds, flops, hbm = cost.decode_run(40, np.array([40 * 2500.0, 40 * 9000.0]))
+    for i, total in enumerate((40 * 2500.0, 40 * 9000.0)):
+        single = cost.price(BatchShape(num_decode_seqs=40, decode_context_tokens=total))
+        assert seconds[i] == pytest.approx(float(single.seconds), rel=1e-12)
+        assert flops[i] == pytest.approx(float(single.flops), rel=1e-12)
+        assert hbm[i] == pytest.approx(float(single.hbm_bytes), rel=1e-12)

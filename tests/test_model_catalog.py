@@ -21,7 +21,7 @@ from simulator.model_catalog import get_model, list_models, load_model_catalog, 
 
 DENSE_NAMES = {
     "llama-2-7b", "llama-2-13b", "llama-2-70b",
-    "llama-3.1-8b", "llama-3.1-70b", "llama-3.1-405b",
+    "llama-3.1-8b", "llama-3.1-70b", "llama-3.1-405b", "llama-3.2-1b", "llama-3.2-3b",
     "mistral-7b", "qwen2.5-7b", "qwen2.5-32b", "qwen2.5-72b", "mixtral-8x7b",
 }  # fmt: skip
 """Models whose configs derive head_dim as hidden_size / num_attention_heads."""
@@ -78,7 +78,8 @@ def test_catalog_returns_a_fresh_dict() -> None:
 # calls them 8B/70B/405B) and mistralai/Mistral-7B-v0.1 (7.24B). Mixtral: "46.7B total
 # parameters but only uses 12.9B parameters per token" (mistral.ai/news/mixtral-of-experts).
 # Qwen2.5: the Qwen/Qwen2.5-{7B,72B} model cards ("Number of Parameters: 7.61B" / "72.7B");
-# the 32B card says 32.5B but its safetensors hold 32.8B, which we use.
+# the 32B card says 32.5B but its safetensors hold 32.8B, which we use. Llama 3.2: the
+# meta-llama/Llama-3.2-{1B,3B} model cards' table, "1B (1.23B)" and "3B (3.21B)".
 @pytest.mark.parametrize(
     ("name", "published_total", "published_active"),
     [
@@ -88,6 +89,8 @@ def test_catalog_returns_a_fresh_dict() -> None:
         ("llama-3.1-8b", 8.03e9, None),
         ("llama-3.1-70b", 70.6e9, None),
         ("llama-3.1-405b", 405.9e9, None),
+        ("llama-3.2-1b", 1.23e9, None),
+        ("llama-3.2-3b", 3.21e9, None),
         ("mistral-7b", 7.24e9, None),
         ("qwen2.5-7b", 7.61e9, None),
         ("qwen2.5-32b", 32.8e9, None),

@@ -113,10 +113,17 @@ LAYOUTS = {
 }
 
 
+MODELS = {"moe_dp_ep": "qwen3-30b-a3b", "hybrid_pp2": "jamba-1.5-mini"}
+LAYOUTS["moe_dp_ep"] = {"attention_data_parallel": 2, "expert_parallel": True}
+LAYOUTS["hybrid_pp2"] = {"tensor_parallel": 2, "pipeline_parallel": 2}
+
+
 @pytest.mark.parametrize("name", sorted(LAYOUTS))
 def test_invariants_hold_for_every_layout(name):
-    scenario = scenario_with(deployment=LAYOUTS[name], num_requests=250, rate_per_s=60,
-                             engine={"routing": "least_requests", "max_num_seqs": 32})
+    scenario = scenario_with(model=MODELS.get(name, "llama-3.1-8b"), deployment=LAYOUTS[name],
+                             num_requests=250, rate_per_s=60,
+                             engine={"routing": "least_requests", "max_num_seqs": 32,
+                                     "max_model_len": 8192})
     results = simulate(scenario)  # replicas check their KV books at the end
     req = results.requests
     assert len(req) == 250 and req["request_id"].is_unique

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import assert_fast_paths_equal_price
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,13 +25,13 @@ def cost_for(model: str, tp: int = 1, **kw) -> CostModel:
 # NVIDIA aiconfigurator-core 0.12). The defaults must land within 15% of each.
 def test_gemm_matches_measured_weight_streaming():
     c = cost_for("llama-3.1-8b")
-    assert c._gemm(1, 4096, 4096, 2.0).seconds == pytest.approx(16e-6, rel=0.15)
-    assert c._gemm(1, 8192, 65536, 2.0).seconds == pytest.approx(0.38e-3, rel=0.15)
+    assert c._gemm(1, 4096, 4096, "bf16").seconds == pytest.approx(16e-6, rel=0.15)
+    assert c._gemm(1, 8192, 65536, "bf16").seconds == pytest.approx(0.38e-3, rel=0.15)
 
 
 def test_large_gemm_sits_at_measured_compute_efficiency():
     c = cost_for("llama-3.1-8b")
-    op = c._gemm(8192, 4096, 14336, 2.0)
+    op = c._gemm(8192, 4096, 14336, "bf16")
     efficiency = op.flops / 989.4e12 / op.seconds
     assert 0.73 <= efficiency <= 0.83  # measured bf16 range at M=8192
 
@@ -202,7 +203,7 @@ def test_gemm_efficiency_may_ramp_with_rows_and_differ_for_matrix_vector():
         mf = 0.5 if m == 1 else gemm.memory_frac
         expected = gemm.floor_s + max(flops * (m + 16) / (peak * gemm.compute_frac * m),
                                       hbm / (bw * mf))
-        assert float(c._gemm(m, 4096, 4096, 2.0).seconds) == pytest.approx(expected, rel=1e-12)
+        assert float(c._gemm(m, 4096, 4096, "bf16").seconds) == pytest.approx(expected, rel=1e-12)
 
 
 def test_small_m_factors_scale_gemms_by_rows_interpolating_between_measured_ones():
@@ -213,8 +214,8 @@ def test_small_m_factors_scale_gemms_by_rows_interpolating_between_measured_ones
     eff = DEFAULT_EFFICIENCY.model_copy(update={"gemm": {"bf16": gemm}})
     plain, corrected = cost_for("llama-3.1-8b"), CostModel(get_model("llama-3.1-8b"), H100, eff)
     for m, factor in ((1, 1.1), (2, 1.2), (3, 1.3), (4, 1.0), (5, 1.0)):
-        base = float(plain._gemm(m, 4096, 4096, 2.0).seconds)
-        assert float(corrected._gemm(m, 4096, 4096, 2.0).seconds) == pytest.approx(base * factor)
+        base = float(plain._gemm(m, 4096, 4096, "bf16").seconds)
+        assert float(corrected._gemm(m, 4096, 4096, "bf16").seconds) == pytest.approx(base * factor)
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -226,13 +227,4 @@ def test_fast_paths_equal_breakdown_for_every_catalog_model_and_stage(name):
     tp = 8 if name in ("deepseek-v3", "llama-3.1-405b", "qwen3-235b-a22b") else 2
     for layer_range in (None, (0, layers // 2), (layers // 2, layers)):
         c = cost_for(name, tp=tp, iteration_overhead_s=1e-4, layer_range=layer_range)
-        q, ctx = [900, 33], [0, 4000]
-        fast = c.iteration(q, ctx, 40, 40 * 2500.0)
-        full = c.price(BatchShape(q, ctx, 40, 40 * 2500.0))
-        assert fast == pytest.approx(
-            (float(full.seconds), float(full.flops), float(full.hbm_bytes)), rel=1e-12)
-        seconds, _, hbm = c.decode_run(40, np.array([40 * 2500.0, 40 * 9000.0]))
-        for i, total in enumerate((40 * 2500.0, 40 * 9000.0)):
-            single = c.price(BatchShape(num_decode_seqs=40, decode_context_tokens=total))
-            assert seconds[i] == pytest.approx(float(single.seconds), rel=1e-12)
-            assert hbm[i] == pytest.approx(float(single.hbm_bytes), rel=1e-12)
+        assert_fast_paths_equal_price(c)
