@@ -12,6 +12,7 @@ acceptance rates or quality the scenario assumes.
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 import pandas as pd
@@ -91,14 +92,9 @@ def knob_table(num_requests: int = 1000, rate_per_s: float = 8.0,
     base = base_scenario(num_requests, rate_per_s)
     rows = {}
     for name, changes in (knobs or KNOBS).items():
-        data = base.model_dump(mode="json")
-        for path, value in changes.items():
-            node = data
-            *parents, leaf = path.split(".")
-            for key in parents:
-                node = node[key]
-            node[leaf] = value
-        summary = simulate(Scenario.model_validate(data)).summary()
+        # JSON is YAML, so structured values go through --set-style overrides too.
+        overrides = [f"{path}={json.dumps(value)}" for path, value in changes.items()]
+        summary = simulate(base.with_overrides(overrides)).summary()
         # Skeleton-of-Thought splits requests: its latency is the client's, end to end.
         rows[name] = summary[METRICS]
         rows[name]["client_e2e_p50_s"] = summary["client_e2e_p50_s"]

@@ -258,6 +258,7 @@ def _resolve_group(scenario: Scenario, model: ModelSpec, group: GroupLayout, ind
             attention_kernel=scenario.engine.attention.kernel,
             kernel_fusion=scenario.engine.kernel_fusion,
             cuda_graphs=scenario.engine.cuda_graphs,
+            kernel_launch_s=scenario.engine.kernel_launch_s,
         )
 
     cost = cost_model(None, eng.iteration_overhead_s)

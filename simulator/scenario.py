@@ -29,6 +29,7 @@ from hardware.spec import AcceleratorSpec
 from policies.batching import BATCHING
 from policies.queue import QUEUE
 from policies.routing import ROUTING
+from simulator.cost import KERNEL_LAUNCH_S
 from simulator.dtypes import DType
 from simulator.model import ModelSpec
 from simulator.moe import ExpertLoadConfig, UniformExpertLoad
@@ -520,6 +521,11 @@ class EngineConfig(_Section):
         description="Elementwise kernels per layer: 'none' (every norm, activation and "
         "residual its own kernel), 'standard' (vLLM's fused RMSNorm+residual and "
         "SiLU-and-mul), 'full' (fused into the GEMMs' epilogues, as TensorRT-LLM).",
+    )
+    kernel_launch_s: float = Field(
+        default=KERNEL_LAUNCH_S, ge=0,
+        description="CPU time per kernel launch of an eager engine (without CUDA graphs), s: "
+        "the driver's ~4 µs plus the framework's dispatch (docs/optimizations.md).",
     )
     cuda_graphs: bool = Field(
         default=True,

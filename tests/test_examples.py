@@ -104,3 +104,46 @@ def test_layouts_example_answers_point_the_physical_way():
     moe = layouts.moe_expert_parallel(num_requests=200)
     assert (moe.loc["EP4, Zipf 1.2 routing", "tpot_p50_s"]
             > moe.loc["EP4, uniform routing", "tpot_p50_s"])
+
+
+def test_knobs_example_moves_each_number_the_way_the_technique_does():
+    import knobs
+
+    chosen = ["baseline (bf16)", "EAGLE, gamma 4, alpha 0.7", "int4 weights, group 128 (AWQ)",
+              "fp8 KV cache", "2:4 sparsity", "prompt compression 4x",
+              "Skeleton-of-Thought, 4 points"]
+    table = knobs.knob_table(num_requests=150, rate_per_s=2.0,
+                             knobs={name: knobs.KNOBS[name] for name in chosen})
+    base = table.loc["baseline (bf16)"]
+    # At light load decode is memory-bound: speculation and 4-bit weights cut TPOT.
+    assert table.loc["EAGLE, gamma 4, alpha 0.7", "tpot_p50_s"] < 0.7 * base.tpot_p50_s
+    assert table.loc["EAGLE, gamma 4, alpha 0.7", "tokens_per_step_mean"] > 2
+    int4 = table.loc["int4 weights, group 128 (AWQ)"]
+    assert int4.tpot_p50_s < 0.7 * base.tpot_p50_s
+    assert int4.weight_gib_per_device < 0.4 * base.weight_gib_per_device
+    assert int4.kv_capacity_tokens > base.kv_capacity_tokens
+    fp8 = table.loc["fp8 KV cache"]
+    assert fp8.kv_capacity_tokens == pytest.approx(2 * base.kv_capacity_tokens, rel=0.01)
+    assert table.loc["2:4 sparsity", "tpot_p50_s"] < base.tpot_p50_s
+    assert table.loc["prompt compression 4x", "tpot_p50_s"] < base.tpot_p50_s
+    # Skeleton-of-Thought (Ning et al., ICLR 2024): at light load the points decode in
+    # parallel, so the whole answer arrives sooner, though its first token comes later.
+    sot = table.loc["Skeleton-of-Thought, 4 points"]
+    assert sot.client_e2e_p50_s < 0.8 * base.client_e2e_p50_s
+    assert sot.ttft_p50_s > base.ttft_p50_s
+
+
+def test_knobs_sweep_from_python():
+    from simulator import Scenario, sweep
+
+    base = Scenario().with_overrides(["stop.num_requests=60"])
+    table = sweep(base, {
+        "deployment.kv_cache_dtype": ["bf16", "fp8"],
+        "engine.decoding": [{"kind": "autoregressive"},
+                            {"kind": "speculative", "proposer": "mtp",
+                             "acceptance": {"kind": "fixed", "rate": 0.6}}],
+    }, executor="inprocess")
+    assert len(table) == 4 and table["error"].isna().all()
+    speculative = table["engine.decoding"].str.contains("speculative")
+    assert (table.loc[speculative, "tokens_per_step_mean"] > 1.5).all()
+    assert (table.loc[~speculative, "tokens_per_step_mean"] == 1).all()
