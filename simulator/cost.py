@@ -1164,18 +1164,7 @@ class CostModel:
                                                  len(prefill_tokens) + positions)
         attn = self._prefill_attention(prefill_tokens, prefill_context_tokens)
         if num_seqs:
-            one = self._decode_attention(num_seqs, context_tokens)
-            c = self._decode_constants
-            assert c is not None
-            layers, flops_per_key, _, bytes_per_seq, s_per_flop, s_per_byte, floor_s = c
-            extra_flops = (query_tokens - 1) * context_tokens * flops_per_key * layers
-            extra_bytes = (query_tokens - 1) * num_seqs * bytes_per_seq * layers
-            attn_flops = float(one.flops) + extra_flops
-            attn_bytes = float(one.hbm_bytes) + extra_bytes
-            floor = (floor_s + self._rank_share(num_seqs)
-                     * self.efficiency.decode_attention.per_sequence_s) * layers
-            attn = attn + OpCost(floor + max(attn_flops * s_per_flop, attn_bytes * s_per_byte),
-                                 attn_flops, attn_bytes)
+            attn = attn + self._verify_attention(num_seqs, query_tokens, context_tokens)
         busy_s = seconds + float(attn.seconds)
         launch_s = self._launch_floor_s(len(prefill_tokens) > 0, num_seqs > 0)
         if launch_s:
@@ -1183,6 +1172,38 @@ class CostModel:
         return (busy_s + self.iteration_overhead_s,
                 flops + float(attn.flops), hbm + float(attn.hbm_bytes))
 
+    def verify_run(self, num_seqs: int, query_tokens: int, context_tokens: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``verify`` for decode-only iterations that differ only in the attended
+        context (arrays shaped like ``context_tokens``): a run of multi-token steps."""
+        positions = num_seqs * query_tokens
+        seconds, flops, hbm = self._shape_totals(positions, positions)
+        attn = self._verify_attention(num_seqs, query_tokens, context_tokens)
+        busy_s = seconds + attn.seconds
+        launch_s = self._launch_floor_s(False, True)
+        if launch_s:
+            busy_s = np.maximum(busy_s, launch_s)
+        return (np.asarray(busy_s + self.iteration_overhead_s, dtype=np.float64),
+                np.asarray(flops + attn.flops, dtype=np.float64),
+                np.asarray(hbm + attn.hbm_bytes, dtype=np.float64))
+
+    def _verify_attention(self, num_seqs: int, query_tokens: int, context_tokens: Scalar
+                          ) -> OpCost:
+        """Decode attention of ``query_tokens`` positions per sequence: the KV read once,
+        the work ``query_tokens`` times one position's."""
+        c = self._decode_constants
+        if c is None:
+            c = self._decode_constants = self._make_decode_constants()
+        layers, flops_per_key, bytes_per_key, bytes_per_seq, s_per_flop, s_per_byte, floor_s = c
+        attn_flops = query_tokens * context_tokens * flops_per_key * layers
+        attn_bytes = (context_tokens * bytes_per_key
+                      + query_tokens * num_seqs * bytes_per_seq) * layers
+        floor = (floor_s + self._rank_share(num_seqs)
+                 * self.efficiency.decode_attention.per_sequence_s) * layers
+        seconds = floor + np.maximum(attn_flops * s_per_flop, attn_bytes * s_per_byte)
+        if not isinstance(context_tokens, np.ndarray):
+            seconds = float(seconds)
+        return OpCost(seconds, attn_flops, attn_bytes)
 
 def _sum_ops(ops: dict[str, OpCost]) -> tuple[float, float, float]:
     total = ZERO

@@ -61,6 +61,12 @@ class MultiTokenStep(Protocol):
         """(seconds, flops, hbm_bytes) of one step with these prefill chunks beside."""
         ...
 
+    def price_run(self, num_seqs: int, context_tokens: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per step of a run of decode-only steps differing only in the attended
+        context: (seconds, flops, hbm_bytes) arrays."""
+        ...
+
 
 @dataclass(slots=True)
 class SpeculativeStep:
@@ -117,6 +123,15 @@ class SpeculativeStep:
             s, f, b = s + ps, f + pf, b + pb
         return s, f, b
 
+    def price_run(self, num_seqs: int, context_tokens: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        s, f, b = self.target.verify_run(num_seqs, self.query_tokens, context_tokens)
+        passes = 1 if self.config.proposer == "medusa" else self.num_proposed
+        for i in range(passes):
+            ps, pf, pb = self.proposer.decode_run(num_seqs, context_tokens + i * num_seqs)
+            s, f, b = s + ps, f + pf, b + pb
+        return s, f, b
+
 
 @dataclass(slots=True)
 class LookaheadStep:
@@ -144,6 +159,10 @@ class LookaheadStep:
               prefill_context_tokens: list[int]) -> tuple[float, float, float]:
         return self.target.verify(num_seqs, self.query_tokens, context_tokens,
                                   prefill_tokens, prefill_context_tokens)
+
+    def price_run(self, num_seqs: int, context_tokens: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.target.verify_run(num_seqs, self.query_tokens, context_tokens)
 
 
 def draft_model_spec(config: SpeculativeDecoding, target: ModelSpec) -> ModelSpec:

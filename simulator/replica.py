@@ -107,8 +107,6 @@ class Replica:
         # Sequences per request (beam search, parallel sampling): they share the prompt's
         # full blocks, each has its own copy of the rest, and they decode together.
         self._width = width
-        # (tokens kept, tokens proposed) by this step's decodes: multi-token steps only.
-        self._step_tokens: tuple[int, int] = (0, 0)
         self._pipeline = pipeline  # None: the replica's one device group runs every layer
         # Prefill role (disaggregated serving): requests leave after their first token,
         # their KV held here until ``release_sent`` says it reached a decode replica.
@@ -422,7 +420,7 @@ class Replica:
             start_s, duration_s, sum(q), len(q),
             num_decode, blocks_used, len(plan.preempted), flops, hbm, gap_s, continuing,
             swap_bytes, kv_tokens, cached_blocks, wait_s, transfer_s,
-            *self._step_tokens,
+            *self._step_token_counts(num_decode),
         )
         self._decode_blocks_in_flight = 0
         self.iteration += 1
@@ -447,14 +445,11 @@ class Replica:
         k = min(self._finish_heap[0][0] - step0 + 1, self._horizon)
         if self._grow_heap:  # stop where a reservation runs out (it then allocates)
             k = min(k, self._grow_heap[0][0] - step0)
-        # Blocks allocated per step: the phase histogram read cyclically from step0.
-        steps = np.arange(step0, step0 + k)
-        new_blocks = self._block_phase[steps % self._block] * self._width
+        new_blocks, bound = self._run_new_blocks(step0, k)
         blocks_used = new_blocks.cumsum()
         blocks_used += self.num_blocks_used
-        # Every decoding request sits in one bin, so k iterations add at most
-        # n * ceil(k / block) blocks; search only when that could overflow the cache.
-        if n * self._width * -(-k // self._block) > self.num_kv_blocks - self.num_blocks_used:
+        # Search only when the run could overflow the cache.
+        if bound > self.num_kv_blocks - self.num_blocks_used:
             k = min(k, int(blocks_used.searchsorted(self.num_kv_blocks, side="right")))
         assert k >= 1, "the policy planned decodes whose blocks do not fit"
         seconds, flops, hbm = self._price_decodes(n, self._decode_context(k))
@@ -497,20 +492,19 @@ class Replica:
             continuing = np.full(k, n, dtype=np.int64)
             continuing[0] = continuing0
         self._last_decode_end_s = float(ends[k - 1])
-        w = self._width
-        base = self._decode_kv_tokens(0) + self._kv_tokens_besides_decodes()
-        kv_tokens = np.arange(base + n * w, base + n * w * (k + 1), n * w, dtype=np.int64)
+        kv_tokens = self._run_kv_tokens(k)
+        kv_tokens += self._kv_tokens_besides_decodes()
         # Cached blocks evicted as the run's allocations need them (as stepping would).
         cached: np.ndarray | int = 0
         if self._cache is not None and self._cache.num_evictable:
             cached = np.minimum(self._cache.num_evictable, self.num_kv_blocks - blocks_used[:k])
-        self._iterations.extend(k, _RUN_COLUMNS, (
+        extra_names, extra_values = self._run_token_counts(k)
+        self._iterations.extend(k, _RUN_COLUMNS + extra_names, (
             ends[:k] - durations[:k], durations[:k], n, blocks_used[:k], flops[:k], hbm[:k],
-            gaps, continuing, kv_tokens, cached,
+            gaps, continuing, kv_tokens, cached, *extra_values,
         ))
         self.iteration += k
-        self.decode_step += k
-        self._ctx_sum += n * k
+        self._advance_run(k)
         self.num_blocks_used = int(blocks_used[k - 1])
         self._evict_cached()
         self._finish_decodes(self.env.now)
@@ -530,6 +524,34 @@ class Replica:
         keys one sequence of each request attends, summed over requests."""
         w = self._width
         return self.cost.decode_run(num_decode * w, context * w if w > 1 else context)
+
+    def _run_new_blocks(self, step0: int, k: int) -> tuple[np.ndarray, int]:
+        """Blocks the decodes allocate at each of the ``k`` steps from ``step0`` (the
+        phase histogram read cyclically), and a bound on their sum."""
+        steps = np.arange(step0, step0 + k)
+        # Every decoding request sits in one bin: at most n * ceil(k / block) blocks.
+        bound = self._num_decoding * self._width * -(-k // self._block)
+        return self._block_phase[steps % self._block] * self._width, bound
+
+    def _run_kv_tokens(self, k: int) -> np.ndarray:
+        """KV tokens the decodes store after each of the next ``k`` steps."""
+        n, w = self._num_decoding, self._width
+        base = self._decode_kv_tokens(0)
+        return np.arange(base + n * w, base + n * w * (k + 1), n * w, dtype=np.int64)
+
+    def _run_token_counts(self, k: int) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+        """Extra iteration columns of a run (multi-token steps' kept and proposed
+        tokens); none here."""
+        return (), ()
+
+    def _step_token_counts(self, num_decode: int) -> tuple[int, int]:
+        """(tokens kept, tokens proposed) by this step's decodes: (0, 0), one token each."""
+        return 0, 0
+
+    def _advance_run(self, k: int) -> None:
+        """The decodes computed ``k`` steps: one token each per step."""
+        self.decode_step += k
+        self._ctx_sum += self._num_decoding * k
 
     def _decode_kv_tokens(self, num_decode: int) -> int:
         """KV tokens the decoding requests store once ``num_decode`` of them have

@@ -146,3 +146,25 @@ def test_acceptance_per_class_and_per_request_draws():
         {"weight": 1, "priority": 1}]}
     results = simulate(scenario_with(workload=workload, num_requests=60, engine=by_class))
     assert 1.0 < results.summary()["tokens_per_step_mean"] < 2.6
+
+
+@pytest.mark.parametrize("decoding", [
+    {"kind": "speculative", "proposer": "eagle", "acceptance": {"kind": "beta", "mean": 0.7}},
+    {"kind": "speculative", "proposer": "draft", "draft_model": "llama-3.2-1b"},
+    {"kind": "lookahead"},
+])
+@pytest.mark.parametrize("window", [None, 512])
+def test_multi_token_runs_equal_stepping(decoding, window):
+    # Each request draws its whole schedule when it starts decoding, so advancing runs
+    # of steps in one event gives exactly what stepping one at a time gives.
+    engine = {"decoding": decoding, "max_num_seqs": 24}
+    if window:
+        engine["attention"] = {"sparse_window_tokens": window}
+    fast = simulate(scenario_with(num_requests=250, rate_per_s=12, engine=engine))
+    slow = simulate(scenario_with(num_requests=250, rate_per_s=12,
+                                  engine={**engine, "fast_forward": False}))
+    assert fast.requests.equals(slow.requests)
+    columns = [c for c in fast.iterations.columns if c != "iteration"]
+    assert np.array_equal(fast.iterations[columns].to_numpy(),
+                          slow.iterations[columns].to_numpy())
+    assert len(fast.iterations) == len(slow.iterations)
