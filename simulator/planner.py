@@ -299,6 +299,10 @@ class SearchSpace(BaseModel):
                                              description="TP degrees (devices per replica).")
     replicas: tuple[int, ...] = Field(default=(1,), min_length=1,
                                       description="Replica counts.")
+    pipeline_parallel: tuple[int, ...] | None = Field(
+        default=None, description="Pipeline stages per replica (devices multiply).")
+    decoding: tuple[dict[str, Any], ...] | None = Field(
+        default=None, description="Decoding strategies (engine.decoding values).")
     presets: tuple[str | None, ...] | None = Field(default=None,
                                                    description="Engine presets.")
     max_num_seqs: tuple[int, ...] | None = Field(default=None, description="Engine values.")
@@ -313,6 +317,8 @@ class SearchSpace(BaseModel):
             "hardware.accelerator": self.accelerators,
             "deployment.tensor_parallel": self.tensor_parallel,
             "deployment.replicas": self.replicas,
+            "deployment.pipeline_parallel": self.pipeline_parallel,
+            "engine.decoding": self.decoding,
             "engine.preset": self.presets,
             "engine.max_num_seqs": self.max_num_seqs,
             "engine.max_num_batched_tokens": self.max_num_batched_tokens,
@@ -402,7 +408,9 @@ def throughput_ceiling(scenario: Scenario, *, replications: int = 1) -> Ceiling:
             # A prefill replica computes prompts; a decode replica the outputs' tokens.
             computed = {"mixed": (0.0 if shared else prompt) + output,
                         "prefill": 0.0 if shared else prompt, "decode": output}[group.role]
-            steps = 0.0 if group.role == "prefill" else max(output - 1.0, 0.0)
+            # A multi-token step keeps at most its verified positions per sequence.
+            most = group.step.query_tokens if group.step is not None else 1
+            steps = 0.0 if group.role == "prefill" else max(output - 1.0, 0.0) / most
             token_bound = max(token_bound, computed * per_token_s)
             iteration_bound = max(iteration_bound, steps / seqs * per_iteration_s)
         work_s = max(token_bound, iteration_bound)

@@ -156,3 +156,36 @@ def test_pareto_front_keeps_only_non_dominated_rows():
     table = pd.DataFrame({"cost": [1, 2, 2, 3, 4], "ttft": [5.0, 4.0, 6.0, 4.0, 1.0]})
     front = pareto_front(table, "cost", "ttft")
     assert list(front.index) == [0, 1, 4]
+
+
+@pytest.mark.parametrize("deployment, engine", [
+    ({"pipeline_parallel": 2}, {}),
+    ({"groups": [{"role": "prefill"}, {"role": "decode"}]}, {}),
+    # Few sequences and long outputs: the per-step bound binds, and a speculative step
+    # keeps up to gamma + 1 tokens, so the ceiling must count steps, not tokens.
+    ({}, {"max_num_seqs": 8, "decoding": {"kind": "speculative", "proposer": "eagle",
+                                          "acceptance": {"kind": "fixed", "rate": 0.9}}}),
+])
+def test_the_ceiling_bounds_what_new_layouts_and_decodings_serve(deployment, engine):
+    # Offline load saturates the deployment: what it finishes per second can only be
+    # below a valid ceiling (else the planner would prune feasible candidates).
+    from conftest import scenario_with
+
+    offline = {"kind": "synthetic", "arrival": {"kind": "offline"},
+               "prompt_tokens": {"kind": "fixed", "tokens": 16},
+               "output_tokens": {"kind": "fixed", "tokens": 1000}}
+    scenario = scenario_with(workload=offline, num_requests=400, deployment=deployment,
+                             engine=engine)
+    achieved = simulate(scenario).summary()["request_throughput_per_s"]
+    assert achieved <= throughput_ceiling(scenario).requests_per_s
+
+
+def test_search_space_spans_pipeline_stages_and_decodings():
+    space = SearchSpace(accelerators=("h100-sxm",), tensor_parallel=(1, 2),
+                        pipeline_parallel=(1, 2),
+                        decoding=({"kind": "autoregressive"},
+                                  {"kind": "speculative", "proposer": "eagle"}))
+    points = space.points()
+    assert len(points) == 8
+    assert {p["deployment.pipeline_parallel"] for p in points} == {1, 2}
+    assert {p["engine.decoding"]["kind"] for p in points} == {"autoregressive", "speculative"}
