@@ -332,3 +332,56 @@ def style_compare_table(table: pd.DataFrame) -> pd.io.formats.style.Styler:
         return [delta_colour(str(metric), float(v)) for metric, v in column.items()]
 
     return table.style.apply(colour, subset=delta_cols, axis=0).format("{:.4g}", na_rep="—")
+
+
+# ---- the cluster: groups and autoscaling ----
+
+def group_table(results: Results) -> pd.DataFrame:
+    """One row per replica group: its role, accelerator, layout and the requests its
+    replicas finished (a disaggregated request counts on its decode replica)."""
+    req = results.requests
+    finished = req[req["status"] == "finished"]
+    rows = []
+    for group in results.info.all_groups:
+        mine = finished["replica"].between(group.first_replica,
+                                           group.first_replica + group.num_replicas - 1)
+        rows.append({
+            "group": group.name, "role": group.role, "accelerator": group.accelerator.name,
+            "replicas": group.num_replicas, "devices per replica": group.devices_per_replica,
+            "pipeline stages": group.num_stages, "requests finished": int(mine.sum()),
+        })
+    return pd.DataFrame(rows)
+
+
+def replicas_over_time(results: Results) -> go.Figure:
+    """Replicas serving and replicas provisioned (paid for, starting ones included) over
+    the run, from the autoscalers' events; a flat line without autoscaling."""
+    events = results.scaling.sort_values("time_s", kind="stable")
+    end = results.info.end_s
+    serving = provisioned = 0
+    times, serving_y, provisioned_y = [0.0], [0], [0]
+    for t, event in zip(events["time_s"].tolist(), events["event"].tolist(), strict=True):
+        if event == "start":
+            provisioned += 1
+        elif event == "ready":
+            serving += 1
+            provisioned += 1 if t == 0 else 0  # those running from the outset
+        elif event == "drain":
+            serving -= 1
+        elif event == "stop":
+            provisioned -= 1
+        times.append(t)
+        serving_y.append(serving)
+        provisioned_y.append(provisioned)
+    if events.empty:
+        serving = provisioned = results.info.num_replicas
+        serving_y, provisioned_y = [serving], [provisioned]
+    times.append(end)
+    serving_y.append(serving)
+    provisioned_y.append(provisioned)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=times, y=provisioned_y, name="provisioned", line_shape="hv"))
+    fig.add_trace(go.Scatter(x=times, y=serving_y, name="serving", line_shape="hv"))
+    fig.update_layout(xaxis_title="time (s)", yaxis_title="replicas", height=300,
+                      margin={"t": 30, "b": 40})
+    return fig

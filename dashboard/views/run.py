@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
+from dashboard import charts
 from dashboard.state import get_scenario, last_run, run, save_run, saved_runs, scenario_key
 from simulator import Results
 
@@ -83,6 +84,31 @@ cols[0].metric("MFU", _fmt(summary["mfu_frac"] * 100, " %"))
 cols[1].metric("MBU", _fmt(summary["mbu_frac"] * 100, " %"))
 cols[2].metric("Preemptions", f"{summary['num_preemptions']:.0f}")
 cols[3].metric("Finished", f"{summary['num_finished']:.0f} / {summary['num_requests']:.0f}")
+
+# Layouts and decoding strategies that have numbers of their own.
+extras = {
+    "Tokens per decode step": (_fmt(summary["tokens_per_step_mean"]),
+                               summary["tokens_per_step_mean"] != 1.0),
+    "Proposals accepted": (_fmt(summary["acceptance_rate_frac"] * 100, " %"),
+                           not math.isnan(summary["acceptance_rate_frac"])),
+    "KV hand-over p99": (_fmt(summary["kv_transfer_p99_s"] * 1e3, " ms"),
+                         not math.isnan(summary["kv_transfer_p99_s"])),
+    "Pipeline waits": (_fmt(summary["pipeline_wait_frac"] * 100, " %"),
+                       summary["pipeline_wait_frac"] > 0),
+    "Devices (mean)": (_fmt(summary["num_devices_mean"]), not results.scaling.empty),
+}
+shown = {label: value for label, (value, active) in extras.items() if active}
+groups = results.info.all_groups
+if shown or len(groups) > 1 or not results.scaling.empty:
+    st.subheader("Cluster and decoding")
+    if shown:
+        for column, (label, value) in zip(st.columns(len(shown)), shown.items(), strict=True):
+            column.metric(label, value)
+    if len(groups) > 1:
+        st.dataframe(charts.group_table(results), width="stretch", hide_index=True)
+    if not results.scaling.empty:
+        st.plotly_chart(charts.replicas_over_time(results), width="stretch",
+                        key="run.replicas")
 
 with st.expander("All metrics"):
     st.dataframe(pd.DataFrame({"value": summary}), width="stretch")

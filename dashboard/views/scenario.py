@@ -31,12 +31,12 @@ MESSAGE = "servesim.scenario_page.message"  # (kind, text) from the last callbac
 def example_scenarios() -> dict[str, str]:
     """Example files that are scenarios (plan and sweep files are not), name -> path."""
     found: dict[str, str] = {}
-    for path in sorted(EXAMPLES.glob("*.yaml")):
+    for path in [*sorted(EXAMPLES.glob("*.yaml")), *sorted(EXAMPLES.glob("layouts/*.yaml"))]:
         try:
             Scenario.from_yaml(path)
         except (ValueError, pydantic.ValidationError):
             continue
-        found[path.stem] = str(path)
+        found[str(path.relative_to(EXAMPLES).with_suffix(""))] = str(path)
     return found
 
 

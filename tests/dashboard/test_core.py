@@ -125,3 +125,34 @@ def test_cli_dashboard_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "--port" in out and "--host" in out
+
+
+def test_run_page_shows_the_cluster_of_a_disaggregated_autoscaled_run() -> None:
+    from simulator import Scenario
+
+    at = AppTest.from_file(str(PAGES / "run.py"), default_timeout=60)
+    data = Scenario().model_dump(mode="json")
+    data["deployment"] = {"groups": [
+        {"name": "P", "role": "prefill"},
+        {"name": "D", "role": "decode", "autoscale": {
+            "metric": "queue_length", "target": 1, "max_replicas": 3, "interval_s": 1,
+            "startup_s": 2, "cooldown_s": 2}}]}
+    data["engine"]["decoding"] = {"kind": "speculative", "proposer": "eagle"}
+    at.session_state[SCENARIO_KEY] = Scenario.from_dict(
+        data, ["workload.arrival.rate_per_s=30", "stop.num_requests=300"])
+    at.run()
+    at.button[0].click().run()
+    assert not at.exception
+    cards = {m.label: m.value for m in at.metric}
+    assert float(cards["Tokens per decode step"]) > 1
+    assert cards["KV hand-over p99"].endswith(" ms")
+    table = at.dataframe[0].value
+    assert list(table["role"]) == ["prefill", "decode"]
+    assert table["requests finished"].sum() == 300
+    assert len(at.get("plotly_chart")) >= 1
+
+
+def test_scenario_page_offers_the_layout_examples() -> None:
+    at = _page("scenario.py")
+    options = at.selectbox(key="sc.example").options
+    assert "layouts/disaggregated" in options and "layouts/jamba-hybrid" in options
