@@ -2,6 +2,7 @@
 
     python benchmarks/speed.py              # both cases (about a minute or two)
     python benchmarks/speed.py --case 100k  # one case
+    python benchmarks/speed.py --case 100k-eagle --case 100k-pp2 --case 100k-1p1d
 
 Targets on a 2-core laptop-class machine (issue #2): 100,000 ShareGPT-like requests on
 one replica in <= 10 s; 1,000,000 on 16 replicas in <= 60 s with peak RSS <= 2 GB.
@@ -21,18 +22,32 @@ CASES = {
     # Llama-3.1-8B on H100 SXM at 20 req/s per replica: busy (batches of ~30-60) but stable.
     "100k": {"replicas": 1, "num_requests": 100_000, "rate_per_s": 20.0},
     "1m": {"replicas": 16, "num_requests": 1_000_000, "rate_per_s": 320.0},
+    # The layouts and decodings whose runs are simulated differently (issues 8 and 9):
+    # speculative decoding draws schedules and advances runs from ring buffers; pipeline
+    # stages are SimPy resources, stepped per stage; disaggregated pools hand KV over.
+    "100k-eagle": {"replicas": 1, "num_requests": 100_000, "rate_per_s": 20.0,
+                   "overrides": ['engine.decoding={"kind": "speculative", "proposer": "eagle"}']},
+    "100k-pp2": {"replicas": 1, "num_requests": 100_000, "rate_per_s": 20.0,
+                 "overrides": ["deployment.pipeline_parallel=2"]},
+    "100k-1p1d": {"replicas": 1, "num_requests": 100_000, "rate_per_s": 20.0,
+                  "overrides": ['deployment.groups=[{"role": "prefill"}, {"role": "decode"}]']},
 }
+DEFAULT_CASES = ("100k", "1m")
+"""Run without --case (the targets); the others are run by name."""
 
 
 def run_case(name: str, workers: int | None) -> dict[str, object]:
     from simulator import Scenario, simulate
 
     case = CASES[name]
+    replicas = [] if "groups" in str(case.get("overrides")) else [
+        f"deployment.replicas={case['replicas']}"]
     scenario = Scenario().with_overrides(
         [
-            f"deployment.replicas={case['replicas']}",
+            *replicas,
             f"stop.num_requests={case['num_requests']}",
             f"workload.arrival.rate_per_s={case['rate_per_s']}",
+            *case.get("overrides", []),  # type: ignore[misc]
         ]
     )
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -70,7 +85,7 @@ def main() -> None:
                         help="processes for replica groups (default: auto, the CPU count)")
     parser.add_argument("--inline", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    names = args.case or list(CASES)
+    names = args.case or list(DEFAULT_CASES)
     if args.inline:
         for name in names:
             print(json.dumps(run_case(name, args.workers)))
