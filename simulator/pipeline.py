@@ -1,10 +1,12 @@
-"""Pipeline parallelism: stages as SimPy resources, micro-batches in flight.
+"""Pipeline parallelism: stages as single-server queues, micro-batches in flight.
 
 A pipeline-parallel replica splits the layers into ``p`` consecutive stages, each on its
 own tensor-parallel group. As vLLM's virtual engines do, it runs ``p`` schedulers (each
 a ``Replica`` with its own requests and 1/p of the KV blocks) whose batches travel the
 stages in turn: a batch holds a stage while that stage computes its layers, then sends
-its activations to the next. Up to ``p`` batches are in flight, one per stage, so the
+its activations to the next. Stages serve batches in the order they entered (FIFO,
+in-order), so a batch's path through the stages is booked when it enters: one event per
+iteration, as for an unpipelined replica. Up to ``p`` batches are in flight, one per stage, so the
 stages stay busy except for the bubbles left when batches differ in size or a
 scheduler has nothing to run.
 
@@ -38,7 +40,8 @@ class Pipeline:
                  topology: Topology) -> None:
         self.env = env
         self.stages = tuple(stages)
-        self.resources = [simpy.Resource(env, capacity=1) for _ in self.stages]
+        self.free_at = [0.0] * len(self.stages)
+        """When each stage finishes the last micro-batch booked on it (simulated s)."""
         self.overhead_s = on_grid(overhead_s)
         head = self.stages[0]
         # Stage i sits on devices [i * tp, (i + 1) * tp) of the replica, nodes filled in
@@ -80,21 +83,27 @@ class Pipeline:
     def traverse(self, stage_s: Sequence[float], send_s: float
                  ) -> Generator[simpy.Event, Any, tuple[float, float]]:
         """Run one micro-batch through every stage; returns (seconds spent waiting for
-        stages held by other micro-batches, seconds spent in sends between stages)."""
-        env = self.env
-        wait_s = transfer_s = 0.0
-        if self.overhead_s:
-            yield env.timeout(self.overhead_s)
-        last = len(self.resources) - 1
-        for i, (resource, seconds) in enumerate(zip(self.resources, stage_s, strict=True)):
-            with resource.request() as slot:
-                asked = env.now
-                yield slot
-                wait_s += env.now - asked
-                yield env.timeout(seconds)
-                self.busy_s[i] += seconds
-            if i < last and send_s:
-                yield env.timeout(send_s)
-                transfer_s += send_s
-        return wait_s, transfer_s
+        stages held by other micro-batches, seconds spent in sends between stages).
 
+        Each stage serves micro-batches one at a time, in the order they entered the
+        pipeline (an in-order pipeline: a later batch never overtakes an earlier one at
+        a stage, as the ordered sends between stage workers ensure). So a batch's whole
+        path is known when it enters, each stage's start being the later of its arrival
+        and the stage's previous batch's end: the traversal is booked at once and takes
+        one event, like an unpipelined iteration."""
+        env = self.env
+        arrive = env.now + self.overhead_s
+        wait_s = transfer_s = 0.0
+        free_at = self.free_at
+        last = len(free_at) - 1
+        for i, seconds in enumerate(stage_s):
+            start = max(arrive, free_at[i])
+            wait_s += start - arrive
+            free_at[i] = end = start + seconds
+            self.busy_s[i] += seconds
+            arrive = end
+            if i < last and send_s:
+                arrive += send_s
+                transfer_s += send_s
+        yield env.timeout(arrive - env.now)
+        return wait_s, transfer_s
