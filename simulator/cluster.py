@@ -169,9 +169,11 @@ class Cluster:
                 if index in wanted:
                     self.replicas.append(self._build(group, index))
         self._by_index = {replica.index: replica for replica in self.replicas}
-        self._active = {r.index for r in self.replicas
-                        if r.index - self.deployment.group_of(r.index).first_replica
-                        < self.deployment.group_of(r.index).num_replicas}
+        # Serving at the start: each group's first `num_replicas` (autoscaling starts the
+        # rest when it wants them).
+        self._active = {i for g in deployment.groups
+                        for i in range(g.first_replica, g.first_replica + g.num_replicas)
+                        if i in wanted}
         self.entry = [r for r in self.replicas if self._role(r) != "decode"]
         self.decode = [r for r in self.replicas if self._role(r) == "decode"]
         self._entry_active = [r for r in self.entry if r.index in self._active]
@@ -245,8 +247,8 @@ class Cluster:
                 num_host_blocks=group.memory.num_host_blocks * dp,
                 preemption_victim=eng.preemption_victim,
                 kv_reservation=eng.kv_reservation,
-                # Recurrent state cannot be rebuilt from cached KV (vLLM turns prefix
-                # caching off for such models); resolve refuses an explicit request for it.
+                # Recurrent state cannot be rebuilt from cached KV: vLLM turns prefix
+                # caching off for such models (resolve logs a warning).
                 prefix_cache=eng.prefix_cache if not group.cost.model.layer_counts(
                 ).num_recurrent else "none",
                 max_model_len=self.max_model_len,
