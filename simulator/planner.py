@@ -427,7 +427,7 @@ class PlanResult:
     """The answer of :func:`cheapest_deployment`.
 
     ``candidates``: one row per point of the space with its overrides, ``num_devices``,
-    ``cost_per_hour_usd``, ``ceiling_requests_per_s``, ``status`` (pruned_memory,
+    ``cost_per_hour_usd``, ``ceiling_requests_per_s``, ``status`` (pruned_memory, pruned_invalid,
     pruned_ceiling, meets, fails, uncertain, error, not_simulated), ``reason`` and, when
     simulated, each target metric's mean/ci_low/ci_high. ``ranked``: the feasible
     ("meets") rows by cost then p99 TTFT; ``best`` its first row (None if empty);
@@ -530,7 +530,11 @@ def cheapest_deployment(
             row["cost_per_hour_usd"] = cost_per_hour(scenario)
             ceiling = throughput_ceiling(scenario, replications=replications)
         except (ScenarioError, ValueError) as exc:
-            row["status"], row["reason"] = "pruned_memory", str(exc).splitlines()[0]
+            # Too big for its devices, or a combination servesim cannot run (say,
+            # speculative decoding with pipeline stages): either way, never simulated.
+            reason = str(exc).splitlines()[0]
+            row["status"] = "pruned_memory" if "does not fit" in reason else "pruned_invalid"
+            row["reason"] = reason
             continue
         row["ceiling_requests_per_s"] = ceiling.requests_per_s
         if rate_per_s > ceiling.requests_per_s * (1 + ceiling_margin_frac):

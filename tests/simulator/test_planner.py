@@ -127,8 +127,8 @@ def test_cheapest_deployment_on_a_small_space(catalog):
                              or b["ttft_p99_s_mean"] < a["ttft_p99_s_mean"]))
     assert plan.best.name in front.index
     assert plan.num_pruned >= 1
-    assert set(table["status"]) <= {"pruned_memory", "pruned_ceiling", "meets", "fails",
-                                     "uncertain"}
+    assert set(table["status"]) <= {"pruned_memory", "pruned_invalid", "pruned_ceiling",
+                                     "meets", "fails", "uncertain"}
 
 
 def test_pre_screen_never_prunes_a_feasible_candidate(catalog):
