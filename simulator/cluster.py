@@ -145,6 +145,8 @@ class Cluster:
         self._done_listeners: list[Callable[[Request], None]] = []
         self.max_model_len = deployment.max_model_len
         self.num_kv_blocks = deployment.min_kv_blocks
+        self.request_kv_blocks_limit = deployment.request_kv_blocks_limit
+        self._one_capacity = self.num_kv_blocks == self.request_kv_blocks_limit
         self.block_size = eng.block_size_tokens
         self.slo_ttft_s = math.inf if scenario.slo.ttft_s is None else scenario.slo.ttft_s
         self._check_policies(predictor)
@@ -291,7 +293,8 @@ class Cluster:
             return f"prompt + output = {total} tokens exceeds max_model_len {self.max_model_len}"
         if code == TOO_BIG:
             blocks = math.ceil((total - 1) / self.block_size)
-            return f"needs {blocks} KV blocks; the whole cache holds {self.num_kv_blocks}"
+            return (f"needs {blocks} KV blocks; the largest replica's cache holds "
+                    f"{self.request_kv_blocks_limit}")
         return None
 
     def arrive(self, request_id: int, prompt_tokens: int, output_tokens: int,
@@ -326,9 +329,26 @@ class Cluster:
             self.on_done(request)
             return
         if route is None:
-            pool = self._entry_active
+            total = prompt_tokens + output_tokens
+            pool = self._able(self._entry_active, self.entry,
+                              prompt_tokens if self.decode else total)
             route = pool[self.router.route(request, pool)].index
         self._by_index[route].submit(request, output_tokens)
+
+    def _able(self, active: list[Replica | VirtualEngines],
+              every: list[Replica | VirtualEngines], tokens: int
+              ) -> list[Replica | VirtualEngines]:
+        """The replicas of ``active`` whose schedulers can hold a request of ``tokens``
+        tokens (all of them, in a cluster of one capacity); if none of the active ones
+        can, those of ``every`` that can (a scaled-down group still serves it)."""
+        if self._one_capacity:  # every request the cluster accepts fits every replica
+            return active
+        blocks = -(-(tokens - 1) // self.block_size)
+        able = [r for r in active if self._capacity(r) >= blocks]
+        return able or [r for r in every if self._capacity(r) >= blocks]
+
+    def _capacity(self, replica: Replica | VirtualEngines) -> int:
+        return self.deployment.group_of(replica.index).kv_blocks_per_scheduler
 
     # ---- disaggregated serving ----
 
@@ -350,7 +370,8 @@ class Cluster:
         # The first token reaches the client with the hand-over (DistServe, Splitwise).
         request.first_token_s = request.last_token_s = now
         request.kv_transfer_s = now - start_s
-        pool = self._decode_active
+        pool = self._able(self._decode_active, self.decode,
+                          request.prompt_tokens + output_tokens)
         target = pool[self.decode_router.route(request, pool)]
         target.submit_prefilled(request, output_tokens)
 
@@ -465,11 +486,12 @@ TOO_LONG, TOO_BIG = 1, 2
 
 def rejection_codes(deployment: Deployment, prompt_tokens: Any, output_tokens: Any) -> Any:
     """Per request: 0 accepted, ``TOO_LONG`` (over max_model_len) or ``TOO_BIG`` (more
-    KV than the smallest replica's whole cache). The one statement of the admission rule,
-    for ints (one arrival, no numpy overhead) and arrays (routing ahead) alike."""
+    KV than any replica able to serve it holds, ``Deployment.request_kv_blocks_limit``).
+    The one statement of the admission rule, for ints (one arrival, no numpy overhead)
+    and arrays (routing ahead) alike."""
     total = prompt_tokens + output_tokens
     too_long = total > deployment.max_model_len
     # The last output token is never fed back, so its KV is never stored.
     blocks = -(-(total - 1) // deployment.scenario.engine.block_size_tokens)
-    too_big = blocks > deployment.min_kv_blocks
+    too_big = blocks > deployment.request_kv_blocks_limit
     return too_long * TOO_LONG + (too_big > too_long) * TOO_BIG  # too big, not too long

@@ -74,6 +74,12 @@ class ReplicaGroup:
         return self.layout.devices_per_replica
 
     @property
+    def kv_blocks_per_scheduler(self) -> int:
+        """KV blocks one scheduler holds: the replica's, or a virtual engine's equal share
+        of them under pipeline parallelism (as vLLM divides them)."""
+        return self.num_kv_blocks // len(self.stages)
+
+    @property
     def replica_indices(self) -> range:
         return range(self.first_replica, self.first_replica + self.max_replicas)
 
@@ -100,8 +106,19 @@ class Deployment:
 
     @property
     def min_kv_blocks(self) -> int:
-        """The smallest replica's KV cache, in blocks: a request needing more is rejected."""
-        return min(g.num_kv_blocks for g in self.groups)
+        """The smallest scheduler's KV cache, in blocks (a pipelined replica's schedulers
+        each have 1/p of its blocks)."""
+        return min(g.kv_blocks_per_scheduler for g in self.groups)
+
+    @property
+    def request_kv_blocks_limit(self) -> int:
+        """The most KV blocks a request may need: it must fit a scheduler of the largest
+        replicas that serve whole requests (or prefill them), and of the largest decode
+        replicas. A request needing more is rejected; one needing less goes only to
+        replicas that can hold it."""
+        entry = max(g.kv_blocks_per_scheduler for g in self.groups if g.role != "decode")
+        decode = [g.kv_blocks_per_scheduler for g in self.groups if g.role == "decode"]
+        return min(entry, max(decode)) if decode else entry
 
     def group_of(self, replica: int) -> ReplicaGroup:
         for group in self.groups:

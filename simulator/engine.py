@@ -59,6 +59,8 @@ def _route_ahead(deployment: Deployment, prompt_tokens: np.ndarray,
         return None
     if requests_have_dependencies:
         return None
+    if deployment.min_kv_blocks != deployment.request_kv_blocks_limit:
+        return None  # replicas of different capacities: long requests need routing
     routing_seed = np.random.SeedSequence(scenario.seed).spawn(3)[1]
     router = ROUTING.build(scenario.engine.routing,
                            scenario.engine.limits(deployment.max_model_len),

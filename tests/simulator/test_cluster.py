@@ -137,3 +137,42 @@ def test_invariants_hold_for_every_layout(name):
     assert (it["kv_blocks_used"] <= it["replica"].map(capacity)).all()
     again = simulate(scenario)
     pd.testing.assert_frame_equal(results.requests, again.requests)
+
+
+def test_a_request_bigger_than_a_virtual_engine_is_rejected_not_stuck():
+    # A pipelined replica's schedulers each hold half its blocks (vLLM's virtual
+    # engines): a request needing more than half can never be admitted, so it is refused.
+    long = {"kind": "synthetic", "arrival": {"kind": "offline"},
+            "prompt_tokens": {"kind": "fixed", "tokens": 30000},
+            "output_tokens": {"kind": "fixed", "tokens": 10}}
+    scenario = scenario_with(model="llama-3.1-70b", workload=long, num_requests=1,
+                             deployment={"pipeline_parallel": 2},
+                             engine={"gpu_memory_utilization_frac": 0.95,
+                                     "max_model_len": 32768})
+    group = resolve(scenario).groups[0]
+    needed = -(-30009 // 16)
+    assert group.kv_blocks_per_scheduler < needed <= group.num_kv_blocks
+    req = simulate(scenario).requests
+    assert req["status"].tolist() == ["rejected"]
+    assert f"holds {group.kv_blocks_per_scheduler}" in req["reject_reason"][0]
+
+
+def test_long_requests_go_to_the_replicas_that_can_hold_them():
+    # An H100 and an L40S pair: requests too long for the L40S's cache are served by the
+    # H100 rather than rejected (the H100 holds them), whatever the router prefers.
+    dep = {"groups": [{"name": "big", "accelerator": "h100-sxm"},
+                      {"name": "small", "accelerator": "l40s", "replicas": 2}]}
+    engine = {"gpu_memory_utilization_frac": 0.45, "max_model_len": 60000}
+    scenario = scenario_with(deployment=dep, engine=engine)
+    big, small = resolve(scenario).groups
+    tokens = 50000
+    assert small.kv_blocks_per_scheduler * 16 < tokens < big.kv_blocks_per_scheduler * 16
+    mixed = {"kind": "synthetic", "arrival": {"kind": "poisson", "rate_per_s": 1},
+             "prompt_tokens": {"kind": "uniform", "min_tokens": 100, "max_tokens": tokens},
+             "output_tokens": {"kind": "fixed", "tokens": 20}}
+    results = simulate(scenario_with(deployment=dep, engine=engine, workload=mixed,
+                                     num_requests=60))
+    req = results.requests
+    assert (req["status"] == "finished").all()
+    too_long = req["prompt_tokens"] + 19 > small.kv_blocks_per_scheduler * 16
+    assert too_long.any() and (req.loc[too_long, "replica"] == 0).all()
