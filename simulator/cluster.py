@@ -292,7 +292,7 @@ class Cluster:
         if code == TOO_LONG:
             return f"prompt + output = {total} tokens exceeds max_model_len {self.max_model_len}"
         if code == TOO_BIG:
-            blocks = math.ceil((total - 1) / self.block_size)
+            blocks = request_blocks(self.deployment, prompt_tokens, output_tokens)
             return (f"needs {blocks} KV blocks; the largest replica's cache holds "
                     f"{self.request_kv_blocks_limit}")
         return None
@@ -329,21 +329,19 @@ class Cluster:
             self.on_done(request)
             return
         if route is None:
-            total = prompt_tokens + output_tokens
-            pool = self._able(self._entry_active, self.entry,
-                              prompt_tokens if self.decode else total)
+            pool = self._able(self._entry_active, self.entry, request_blocks(
+                self.deployment, prompt_tokens, 1 if self.decode else output_tokens))
             route = pool[self.router.route(request, pool)].index
         self._by_index[route].submit(request, output_tokens)
 
     def _able(self, active: list[Replica | VirtualEngines],
-              every: list[Replica | VirtualEngines], tokens: int
+              every: list[Replica | VirtualEngines], blocks: int
               ) -> list[Replica | VirtualEngines]:
-        """The replicas of ``active`` whose schedulers can hold a request of ``tokens``
-        tokens (all of them, in a cluster of one capacity); if none of the active ones
+        """The replicas of ``active`` whose schedulers can hold a request of ``blocks``
+        KV blocks (all of them, in a cluster of one capacity); if none of the active ones
         can, those of ``every`` that can (a scaled-down group still serves it)."""
         if self._one_capacity:  # every request the cluster accepts fits every replica
             return active
-        blocks = -(-(tokens - 1) // self.block_size)
         able = [r for r in active if self._capacity(r) >= blocks]
         return able or [r for r in every if self._capacity(r) >= blocks]
 
@@ -371,7 +369,7 @@ class Cluster:
         request.first_token_s = request.last_token_s = now
         request.kv_transfer_s = now - start_s
         pool = self._able(self._decode_active, self.decode,
-                          request.prompt_tokens + output_tokens)
+                          request_blocks(self.deployment, request.prompt_tokens, output_tokens))
         target = pool[self.decode_router.route(request, pool)]
         target.submit_prefilled(request, output_tokens)
 
@@ -484,14 +482,29 @@ HPA_TOLERANCE = 0.1
 TOO_LONG, TOO_BIG = 1, 2
 
 
+def request_blocks(deployment: Deployment, prompt_tokens: Any, output_tokens: Any) -> Any:
+    """KV blocks a request holds at its most (ints or arrays): its prompt and output but
+    the last output token (never fed back, so never cached); a multi-token step's extra
+    verified positions; under beam search or parallel sampling, the prompt's full blocks
+    once and the rest once per sequence."""
+    eng = deployment.scenario.engine
+    block, decoding = eng.block_size_tokens, eng.decoding
+    step = deployment.groups[0].step
+    extra = step.query_tokens - 1 if step is not None else 0
+    blocks = -(-(prompt_tokens + output_tokens - 1 + extra) // block)
+    width = (decoding.beam_width if isinstance(decoding, BeamSearch)
+             else decoding.n if isinstance(decoding, ParallelSampling) else 1)
+    if width > 1:
+        blocks = blocks + (width - 1) * (blocks - prompt_tokens // block)
+    return blocks
+
+
 def rejection_codes(deployment: Deployment, prompt_tokens: Any, output_tokens: Any) -> Any:
     """Per request: 0 accepted, ``TOO_LONG`` (over max_model_len) or ``TOO_BIG`` (more
     KV than any replica able to serve it holds, ``Deployment.request_kv_blocks_limit``).
     The one statement of the admission rule, for ints (one arrival, no numpy overhead)
     and arrays (routing ahead) alike."""
-    total = prompt_tokens + output_tokens
-    too_long = total > deployment.max_model_len
-    # The last output token is never fed back, so its KV is never stored.
-    blocks = -(-(total - 1) // deployment.scenario.engine.block_size_tokens)
-    too_big = blocks > deployment.request_kv_blocks_limit
+    too_long = prompt_tokens + output_tokens > deployment.max_model_len
+    too_big = request_blocks(deployment, prompt_tokens, output_tokens) > (
+        deployment.request_kv_blocks_limit)
     return too_long * TOO_LONG + (too_big > too_long) * TOO_BIG  # too big, not too long

@@ -168,3 +168,18 @@ def test_multi_token_runs_equal_stepping(decoding, window):
     assert np.array_equal(fast.iterations[columns].to_numpy(),
                           slow.iterations[columns].to_numpy())
     assert len(fast.iterations) == len(slow.iterations)
+
+
+def test_beams_that_could_never_fit_are_rejected_not_stuck():
+    # Four beams of a long output need the prompt's full blocks once and the rest four
+    # times over: more than the cache holds, though prompt + output alone would fit.
+    workload = _fixed(1000, 30000)
+    engine = {"decoding": {"kind": "beam", "beam_width": 4},
+              "gpu_memory_utilization_frac": 0.3, "max_model_len": 40000}
+    scenario = scenario_with(workload=workload, num_requests=1, engine=engine)
+    capacity = resolve(scenario).memory.num_kv_blocks
+    alone = -(-(1000 + 30000 - 1) // 16)
+    assert alone <= capacity < 62 + 4 * (alone - 62)
+    req = simulate(scenario).requests
+    assert req["status"].tolist() == ["rejected"]
+    assert "KV blocks" in req["reject_reason"][0]
