@@ -110,6 +110,14 @@ class SpeculativeStep:
               prefill_context_tokens: list[int]) -> tuple[float, float, float]:
         s, f, b = self.target.verify(num_seqs, self.query_tokens, context_tokens,
                                      prefill_tokens, prefill_context_tokens)
+        ps, pf, pb = self.propose(num_seqs, context_tokens, prefill_tokens,
+                                  prefill_context_tokens)
+        return s + ps, f + pf, b + pb
+
+    def propose(self, num_seqs: int, context_tokens: float, prefill_tokens: list[int],
+                prefill_context_tokens: list[int]) -> tuple[float, float, float]:
+        """The proposer's part of a step: (seconds, flops, hbm_bytes)."""
+        s = f = b = 0.0
         proposer = self.proposer
         passes = 1 if self.config.proposer == "medusa" else self.num_proposed
         if num_seqs:

@@ -24,7 +24,7 @@ from simulator.errors import ScenarioError
 from simulator.memory import MemoryPlan, plan_memory
 from simulator.model import ModelSpec
 from simulator.model_catalog import get_model, model_from_hf_config
-from simulator.optimizations import AttentionConfig
+from simulator.optimizations import AttentionConfig, SpeculativeDecoding
 from simulator.precision import resolve_layer_weight_dtypes
 from simulator.scenario import (
     AutoscaleConfig,
@@ -328,10 +328,12 @@ def _decoding_step(scenario: Scenario, model: ModelSpec, layout: LayoutConfig,
             f"only (got {eng.kv_reservation!r})"
         )
     multi = decoding.kind in ("speculative", "lookahead")
-    if multi and layout.pipeline_parallel > 1:
+    draft = isinstance(decoding, SpeculativeDecoding) and decoding.proposer == "draft"
+    if draft and layout.pipeline_parallel > 1:
         raise ScenarioError(
-            f"engine.decoding.kind={decoding.kind!r} is not modelled with "
-            f"{where}.pipeline_parallel={layout.pipeline_parallel} (use tensor parallelism)"
+            f"engine.decoding proposer 'draft' is not modelled with {where}."
+            f"pipeline_parallel={layout.pipeline_parallel}: the draft model's placement on "
+            f"the stages is not; use proposer eagle, medusa or mtp, or tensor parallelism"
         )
     if multi and model.layer_counts().num_recurrent:
         raise ScenarioError(

@@ -17,7 +17,7 @@ sends (``pipeline_wait_s``, ``pipeline_transfer_s``) so the bubbles show.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 import simpy
@@ -26,6 +26,10 @@ from hardware.topology import Topology
 from simulator.clock import on_grid
 from simulator.cost import CostModel
 from simulator.dtypes import BYTES_PER_ELEMENT
+
+Proposer = Callable[[int, float, list[int], list[int]], tuple[float, float, float]]
+"""(decoding sequences, their attended keys, prefill chunks, their cached tokens) ->
+(seconds, flops, bytes) of a speculative proposer's work in one step."""
 
 
 class Pipeline:
@@ -62,19 +66,33 @@ class Pipeline:
         return len(self.stages)
 
     def price(self, prefill_tokens: Sequence[int], prefill_context_tokens: Sequence[int],
-              num_decode_seqs: int, decode_context_tokens: float
+              num_decode_seqs: int, decode_context_tokens: float,
+              query_tokens: int = 1, proposer: Proposer | None = None
               ) -> tuple[list[float], float, float, float]:
         """(seconds per stage, seconds per send between stages, flops, hbm bytes) of one
-        micro-batch; flops and bytes are summed over the stages (per device of each)."""
+        micro-batch; flops and bytes are summed over the stages (per device of each).
+
+        With multi-token decoding each decoding sequence computes ``query_tokens``
+        positions at every stage, and the ``proposer`` (speculative heads) runs on the last
+        stage, where the hidden states it reads are."""
         stage_s = []
         flops = hbm = 0.0
-        for stage in self.stages:
-            s, f, b = stage.iteration(prefill_tokens, prefill_context_tokens, num_decode_seqs,
-                                      decode_context_tokens)
+        last = len(self.stages) - 1
+        for i, stage in enumerate(self.stages):
+            if query_tokens == 1:
+                s, f, b = stage.iteration(prefill_tokens, prefill_context_tokens,
+                                          num_decode_seqs, decode_context_tokens)
+            else:
+                s, f, b = stage.verify(num_decode_seqs, query_tokens, decode_context_tokens,
+                                       prefill_tokens, prefill_context_tokens)
+            if i == last and proposer is not None:
+                ps, pf, pb = proposer(num_decode_seqs, decode_context_tokens,
+                                      list(prefill_tokens), list(prefill_context_tokens))
+                s, f, b = s + ps, f + pf, b + pb
             stage_s.append(on_grid(float(s)))
             flops += f
             hbm += b
-        tokens = sum(prefill_tokens) + num_decode_seqs
+        tokens = sum(prefill_tokens) + num_decode_seqs * query_tokens
         send_bytes = tokens * self._send_bytes_per_token
         send_s = max((float(self._topology.send_s(send_bytes, crosses))
                       for crosses in self._crosses), default=0.0)

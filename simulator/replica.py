@@ -400,8 +400,7 @@ class Replica:
             attended = float(self._decode_context(1)[0]) * w
         blocks_used = self.num_blocks_used
         if self._pipeline is not None:
-            stage_s, send_s, flops, hbm = self._pipeline.price(q, ctx, num_decode * w,
-                                                               attended)
+            stage_s, send_s, flops, hbm = self._price_pipeline(q, ctx, num_decode, attended)
             stage_s[0] = on_grid(stage_s[0] + self.cost.swap_s(swap_bytes))
             wait_s, transfer_s = yield from self._pipeline.traverse(stage_s, send_s)
             duration_s = self.env.now - start_s
@@ -517,6 +516,12 @@ class Replica:
         ``ctx`` cached tokens and ``num_decode`` decoding requests attending ``attended``
         keys in all (their sequences' together)."""
         return self.cost.iteration(q, ctx, num_decode * self._width, attended)
+
+    def _price_pipeline(self, q: list[int], ctx: list[int], num_decode: int, attended: float
+                        ) -> tuple[list[float], float, float, float]:
+        """``_price_mixed`` for a pipelined replica: per stage, and the sends between."""
+        assert self._pipeline is not None
+        return self._pipeline.price(q, ctx, num_decode * self._width, attended)
 
     def _price_decodes(self, num_decode: int, context: np.ndarray
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -207,6 +207,13 @@ class SpeculativeReplica(Replica):
                      ) -> tuple[float, float, float]:
         return self._multi.price(num_decode, attended, q, ctx)
 
+    def _price_pipeline(self, q: list[int], ctx: list[int], num_decode: int, attended: float
+                        ) -> tuple[list[float], float, float, float]:
+        assert self._pipeline is not None
+        propose = getattr(self._multi, "propose", None)
+        return self._pipeline.price(q, ctx, num_decode, attended, self._multi.query_tokens,
+                                    propose)
+
     def _price_decodes(self, num_decode: int, context: np.ndarray
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return self._multi.price_run(num_decode, context)

@@ -183,3 +183,20 @@ def test_beams_that_could_never_fit_are_rejected_not_stuck():
     req = simulate(scenario).requests
     assert req["status"].tolist() == ["rejected"]
     assert "KV blocks" in req["reject_reason"][0]
+
+
+def test_speculative_heads_run_on_pipeline_stages():
+    # Every stage verifies the gamma + 1 positions; the head runs on the last stage.
+    eagle = _eagle(0.8)
+    flat = simulate(scenario_with(workload=_fixed(200, 300, rate=0.5), num_requests=20,
+                                  engine=eagle)).summary()
+    staged = simulate(scenario_with(workload=_fixed(200, 300, rate=0.5), num_requests=20,
+                                    engine=eagle, deployment={"pipeline_parallel": 2}))
+    summary = staged.summary()
+    assert summary["tokens_per_step_mean"] == pytest.approx(
+        expected_tokens_per_step(0.8, 4), rel=0.05)
+    # Two stages one after the other, plus a send: a little slower per step than one.
+    assert flat["tpot_p50_s"] < summary["tpot_p50_s"] < 1.3 * flat["tpot_p50_s"]
+    with pytest.raises(ScenarioError, match="proposer 'draft' is not modelled"):
+        resolve(scenario_with(deployment={"pipeline_parallel": 2}, engine={"decoding": {
+            "kind": "speculative", "proposer": "draft", "draft_model": "llama-3.2-1b"}}))

@@ -189,3 +189,17 @@ def test_search_space_spans_pipeline_stages_and_decodings():
     assert len(points) == 8
     assert {p["deployment.pipeline_parallel"] for p in points} == {1, 2}
     assert {p["engine.decoding"]["kind"] for p in points} == {"autoregressive", "speculative"}
+
+
+def test_combinations_the_scenario_refuses_are_pruned_invalid_not_simulated():
+    from conftest import scenario_with
+
+    base = scenario_with(num_requests=40, rate_per_s=2)
+    space = SearchSpace(accelerators=("h100-sxm",), pipeline_parallel=(1, 2), decoding=(
+        {"kind": "speculative", "proposer": "draft", "draft_model": "llama-3.2-1b"},))
+    plan = cheapest_deployment(base, space, rate_per_s=2.0, replications=2,
+                               executor="inprocess")
+    table = plan.candidates.set_index("deployment.pipeline_parallel")
+    assert table.loc[2, "status"] == "pruned_invalid"
+    assert "draft" in table.loc[2, "reason"]
+    assert table.loc[1, "status"] != "pruned_invalid"
