@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Generator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import simpy
@@ -98,31 +98,46 @@ class VirtualEngines:
 
 
 
-def kv_transfer_s(group: ReplicaGroup, deployment: Deployment, num_tokens: int) -> float:
-    """Seconds to send ``num_tokens`` tokens of KV cache from a replica of ``group``
-    (every layer, every device's share at once) over the scenario's KV link: latency
-    plus bytes over the link's bandwidth times the sending devices."""
-    link = deployment.scenario.deployment.kv_transfer
-    acc = group.accelerator
-    per_device = (link.gb_per_s * 1e9 if link.gb_per_s is not None
-                  else acc.network_bytes_per_s if link.link == "network"
-                  else acc.intra_node_bytes_per_s)
-    latency_s = (link.latency_us * 1e-6 if link.latency_us is not None
-                 else group.topology.network_latency_s if link.link == "network"
-                 else group.topology.efficiency.latency_s)
-    # One copy of the sequence's KV, every layer; the devices holding it (a TP group per
-    # stage, on one attention-DP rank) each send their share at once.
-    model = group.cost.model
-    layers = model.layer_counts().num_attention
-    # One token's cached vectors: MLA's latent, else a K and a V per KV head, each with
-    # its format's scales (an int4 cache's).
-    vectors = ((1, model.kv_latent_size) if model.is_mla
-               else (2 * model.num_kv_heads, model.head_dim))
-    per_token = layers * vectors[0] * kv_vector_bytes(group.cost.kv_cache_dtype, vectors[1])
-    num_bytes = (num_tokens * per_token
-                 + model.state_elements_per_seq() * BYTES_PER_ELEMENT[group.cost.state_dtype])
-    devices = group.layout.tensor_parallel * group.layout.pipeline_parallel
-    return latency_s + num_bytes / (per_device * devices)
+class KVLink(NamedTuple):
+    """The link a prefill replica sends KV caches over, with what one request's cache
+    weighs: built once per prefill group."""
+
+    latency_s: float
+    bytes_per_s: float
+    """Per-device bandwidth times the devices that send at once."""
+    bytes_per_token: float
+    """One copy of a token's KV, every layer, with its format's scales."""
+    bytes_per_seq: float
+    """A sequence's recurrent state (hybrid models), sent with its KV."""
+
+    def seconds(self, num_tokens: int) -> float:
+        """Latency plus ``num_tokens`` tokens' KV (and the state) over the bandwidth."""
+        return self.latency_s + (num_tokens * self.bytes_per_token
+                                 + self.bytes_per_seq) / self.bytes_per_s
+
+    @classmethod
+    def of(cls, group: ReplicaGroup, deployment: Deployment) -> KVLink:
+        """The scenario's KV link (``deployment.kv_transfer``) from a replica of ``group``."""
+        link = deployment.scenario.deployment.kv_transfer
+        acc = group.accelerator
+        per_device = (link.gb_per_s * 1e9 if link.gb_per_s is not None
+                      else acc.network_bytes_per_s if link.link == "network"
+                      else acc.intra_node_bytes_per_s)
+        latency_s = (link.latency_us * 1e-6 if link.latency_us is not None
+                     else group.topology.network_latency_s if link.link == "network"
+                     else group.topology.efficiency.latency_s)
+        model = group.cost.model
+        # One token's cached vectors: MLA's latent, else a K and a V per KV head, each with
+        # its format's scales (an int4 cache's).
+        count, width = ((1, model.kv_latent_size) if model.is_mla
+                        else (2 * model.num_kv_heads, model.head_dim))
+        per_token = (model.layer_counts().num_attention * count
+                     * kv_vector_bytes(group.cost.kv_cache_dtype, width))
+        # The devices holding a sequence's KV (a TP group per stage, on one attention-DP
+        # rank) each send their share at once.
+        devices = group.layout.tensor_parallel * group.layout.pipeline_parallel
+        return cls(latency_s, per_device * devices, per_token,
+                   model.state_elements_per_seq() * BYTES_PER_ELEMENT[group.cost.state_dtype])
 
 
 class Cluster:
@@ -166,6 +181,7 @@ class Cluster:
         wanted = set(replica_indices)
         self.replicas: list[Replica | VirtualEngines] = []
         self._links: dict[int, simpy.Resource] = {}
+        self._kv_links: dict[str, KVLink] = {}
         for group in deployment.groups:
             for index in group.replica_indices:
                 if index in wanted:
@@ -220,6 +236,8 @@ class Cluster:
         on_prefilled = self._hand_off if group.role == "prefill" else None
         if group.role == "prefill":
             self._links[index] = simpy.Resource(self.env, capacity=1)
+            if group.name not in self._kv_links:
+                self._kv_links[group.name] = KVLink.of(group, self.deployment)
         num_engines = len(group.stages)
         pipeline = None
         if num_engines > 1:
@@ -249,10 +267,7 @@ class Cluster:
                 num_host_blocks=group.memory.num_host_blocks * dp,
                 preemption_victim=eng.preemption_victim,
                 kv_reservation=eng.kv_reservation,
-                # Recurrent state cannot be rebuilt from cached KV: vLLM turns prefix
-                # caching off for such models (resolve logs a warning).
-                prefix_cache=eng.prefix_cache if not group.cost.model.layer_counts(
-                ).num_recurrent else "none",
+                prefix_cache=self.deployment.prefix_cache,
                 max_model_len=self.max_model_len,
                 num_kv_blocks=num_blocks,
                 block_size_tokens=eng.block_size_tokens,
@@ -329,8 +344,10 @@ class Cluster:
             self.on_done(request)
             return
         if route is None:
-            pool = self._able(self._entry_active, self.entry, request_blocks(
-                self.deployment, prompt_tokens, 1 if self.decode else output_tokens))
+            pool = self._entry_active
+            if not self._one_capacity:
+                pool = self._able(pool, self.entry, request_blocks(
+                    self.deployment, prompt_tokens, 1 if self.decode else output_tokens))
             route = pool[self.router.route(request, pool)].index
         self._by_index[route].submit(request, output_tokens)
 
@@ -338,10 +355,9 @@ class Cluster:
               every: list[Replica | VirtualEngines], blocks: int
               ) -> list[Replica | VirtualEngines]:
         """The replicas of ``active`` whose schedulers can hold a request of ``blocks``
-        KV blocks (all of them, in a cluster of one capacity); if none of the active ones
-        can, those of ``every`` that can (a scaled-down group still serves it)."""
-        if self._one_capacity:  # every request the cluster accepts fits every replica
-            return active
+        KV blocks; if none of the active ones can, those of ``every`` that can (a
+        scaled-down group still serves it). Only asked when capacities differ: in a
+        cluster of one capacity every request accepted fits every replica."""
         able = [r for r in active if self._capacity(r) >= blocks]
         return able or [r for r in every if self._capacity(r) >= blocks]
 
@@ -357,19 +373,20 @@ class Cluster:
 
     def _send(self, source: Replica, request: Request, output_tokens: int
               ) -> Generator[simpy.Event, Any, None]:
-        group = self.deployment.group_of(source.index)
+        kv_link = self._kv_links[self.deployment.group_of(source.index).name]
         start_s = self.env.now
         with self._links[source.index].request() as link:
             yield link
-            yield self.env.timeout(kv_transfer_s(group, self.deployment,
-                                                 request.num_computed_tokens))
+            yield self.env.timeout(kv_link.seconds(request.num_computed_tokens))
         source.release_sent(request)
         now = self.env.now
         # The first token reaches the client with the hand-over (DistServe, Splitwise).
         request.first_token_s = request.last_token_s = now
         request.kv_transfer_s = now - start_s
-        pool = self._able(self._decode_active, self.decode,
-                          request_blocks(self.deployment, request.prompt_tokens, output_tokens))
+        pool = self._decode_active
+        if not self._one_capacity:
+            pool = self._able(pool, self.decode, request_blocks(
+                self.deployment, request.prompt_tokens, output_tokens))
         target = pool[self.decode_router.route(request, pool)]
         target.submit_prefilled(request, output_tokens)
 

@@ -67,6 +67,11 @@ class MultiTokenStep(Protocol):
         context: (seconds, flops, hbm_bytes) arrays."""
         ...
 
+    def propose(self, num_seqs: int, context_tokens: float, prefill_tokens: list[int],
+                prefill_context_tokens: list[int]) -> tuple[float, float, float]:
+        """The proposer's part of one step (nothing for a step without a proposer)."""
+        ...
+
 
 @dataclass(slots=True)
 class SpeculativeStep:
@@ -171,6 +176,10 @@ class LookaheadStep:
     def price_run(self, num_seqs: int, context_tokens: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return self.target.verify_run(num_seqs, self.query_tokens, context_tokens)
+
+    def propose(self, num_seqs: int, context_tokens: float, prefill_tokens: list[int],
+                prefill_context_tokens: list[int]) -> tuple[float, float, float]:
+        return 0.0, 0.0, 0.0  # the lookahead branch is part of the verified positions
 
 
 def draft_model_spec(config: SpeculativeDecoding, target: ModelSpec) -> ModelSpec:

@@ -98,6 +98,10 @@ class Deployment:
     memory: MemoryPlan
     max_model_len: int
     groups: tuple[ReplicaGroup, ...] = ()
+    prefix_cache: str = "none"
+    """The prefix cache the replicas run: ``engine.prefix_cache``, or 'none' for a model
+    with recurrent layers (their state cannot be restored from cached KV, so vLLM turns
+    prefix caching off for them, and resolve logs that it does)."""
 
     @property
     def num_replicas(self) -> int:
@@ -377,9 +381,11 @@ def resolve(scenario: Scenario) -> Deployment:
             f"{max_model_len} with chunked_prefill off, so long prompts could never be scheduled;"
             f" raise max_num_batched_tokens, lower engine.max_model_len, or enable chunked_prefill"
         )
+    prefix_cache = eng.prefix_cache
     if model.layer_counts().num_recurrent and eng.prefix_cache != "none":
         # As vLLM does: a recurrent layer's state after a prefix is not in any KV block,
         # so cached blocks could not resume it. The engine runs without prefix caching.
+        prefix_cache = "none"
         logger.warning("%s has recurrent layers: engine.prefix_cache=%r is turned off "
                        "(recurrent state cannot be restored from cached KV)",
                        model.name, eng.prefix_cache)
@@ -392,4 +398,4 @@ def resolve(scenario: Scenario) -> Deployment:
         first += group.max_replicas
     head = groups[0]
     return Deployment(scenario, model, head.accelerator, head.cost, head.memory, max_model_len,
-                      tuple(groups))
+                      tuple(groups), prefix_cache)

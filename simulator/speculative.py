@@ -210,9 +210,8 @@ class SpeculativeReplica(Replica):
     def _price_pipeline(self, q: list[int], ctx: list[int], num_decode: int, attended: float
                         ) -> tuple[list[float], float, float, float]:
         assert self._pipeline is not None
-        propose = getattr(self._multi, "propose", None)
         return self._pipeline.price(q, ctx, num_decode, attended, self._multi.query_tokens,
-                                    propose)
+                                    self._multi.propose)
 
     def _price_decodes(self, num_decode: int, context: np.ndarray
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
